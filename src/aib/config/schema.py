@@ -1,0 +1,318 @@
+"""Pydantic models of the two operator-edited files.
+
+``config/providers.yaml``  -> :class:`ProvidersFile`
+``config/model-mappings.yaml`` -> :class:`MappingsFile`
+
+Every model forbids unknown keys, so a typo is an error with a line number rather than a silently
+ignored setting. Field descriptions become the JSON Schema's documentation (``aib schema``) and the
+reference in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+ProviderName = Annotated[str, Field(pattern=NAME_RE, max_length=64)]
+ModelName = Annotated[str, Field(min_length=1, max_length=200)]
+
+# The request-side prefix that asks for a capability instead of a model ("capability/code").
+CAPABILITY_PREFIX = "capability/"
+KNOWN_CAPABILITIES = ("chat", "completion", "embeddings", "code", "vision", "tools", "reasoning", "long_context")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- providers.yaml
+
+
+class HealthCheck(Strict):
+    """How the gateway probes a provider. Only free endpoints are used, never a completion."""
+
+    endpoint: str | None = Field(
+        None,
+        description="Path probed for liveness. Default by type: ollama /api/tags, llamacpp /health, "
+        "vllm /health, openai and openai_compatible /v1/models, anthropic /v1/models.",
+        examples=["/health"],
+    )
+    interval_s: float = Field(10.0, gt=0, le=3600, description="Seconds between probes.")
+    timeout_s: float = Field(2.0, gt=0, le=120, description="Probe timeout in seconds.")
+    enabled: bool = Field(True, description="Probe at all. A provider never probed is assumed healthy.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("must start with '/' (a path on the provider's base_url)")
+        return v
+
+
+class ModelSpec(Strict):
+    """One model a provider serves. In YAML a bare string is shorthand for ``{name: ...}``."""
+
+    name: ModelName = Field(description="The provider's own name for the model (sent upstream).")
+    capabilities: tuple[str, ...] = Field(
+        ("chat",),
+        description="What the model can do: chat, completion, embeddings, code, vision, tools, reasoning, "
+        "long_context (free text is allowed for your own capabilities).",
+    )
+    context_length: int | None = Field(None, gt=0, description="Context window in tokens, informational.")
+    description: str | None = None
+
+
+def _model_list(v: object) -> object:
+    if isinstance(v, list):
+        return [{"name": m} if isinstance(m, str) else m for m in v]
+    return v
+
+
+class ProviderBase(Strict):
+    base_url: str = Field(
+        description="Scheme, host and port of the server (no /v1 suffix), e.g. http://127.0.0.1:8000.",
+        examples=["http://127.0.0.1:8000"],
+    )
+    enabled: bool = Field(True, description="A disabled provider is kept in the file but never routed to.")
+    description: str | None = Field(None, description="Free text shown in `aib models` and the UI.")
+    models: tuple[ModelSpec, ...] = Field((), description="Models this provider serves.")
+    discovery: bool = Field(
+        False,
+        description="Ask the provider which models it serves (/api/tags or /v1/models) and make them "
+        "routable under their own names without a config edit.",
+    )
+    health: HealthCheck = Field(default_factory=HealthCheck)  # type: ignore[arg-type]
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Name of the environment variable holding the API key. The key never goes in the file.",
+    )
+    max_connections: int = Field(100, gt=0, le=10000, description="Pooled connections to this provider.")
+    hardware: str | None = Field(None, description="Hardware notes (GPU, VRAM), informational.")
+    tags: tuple[str, ...] = Field((), description="Free labels, informational.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_shorthand(cls, v: object) -> object:
+        return _model_list(v)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"URL needs a scheme http:// or https:// (got {v!r})")
+        if not parts.hostname:
+            raise ValueError(f"URL has no host (got {v!r})")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"bad port in {v!r}: {exc}") from None
+        if parts.path.rstrip("/").endswith("/v1"):
+            raise ValueError("leave out the /v1 suffix; the gateway adds the API path itself")
+        return v.rstrip("/")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.base_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return (parts.hostname or "", port)
+
+
+class OllamaProvider(ProviderBase):
+    """An Ollama server: chat through its OpenAI-compatible /v1, discovery through /api/tags."""
+
+    type: Literal["ollama"]
+
+
+class LlamaCppProvider(ProviderBase):
+    """A llama.cpp server (llama-server or llama-cpp-python): OpenAI-compatible."""
+
+    type: Literal["llamacpp"]
+
+
+class VllmProvider(ProviderBase):
+    """A vLLM OpenAI-compatible server."""
+
+    type: Literal["vllm"]
+
+
+class OpenAIProvider(ProviderBase):
+    """The OpenAI API (or anything that needs a bearer key and speaks its API)."""
+
+    type: Literal["openai"]
+    base_url: str = "https://api.openai.com"
+    organization: str | None = None
+
+
+class AnthropicProvider(ProviderBase):
+    """Anthropic through its OpenAI-compatible endpoint (/v1/chat/completions)."""
+
+    type: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+
+
+class OpenAICompatibleProvider(ProviderBase):
+    """Any other server that speaks the OpenAI API (TGI, LocalAI, LM Studio, a custom server)."""
+
+    type: Literal["openai_compatible"]
+    api_prefix: str = Field("/v1", description="Path prefix of the OpenAI API on this server.")
+
+
+Provider = Annotated[
+    OllamaProvider
+    | LlamaCppProvider
+    | VllmProvider
+    | OpenAIProvider
+    | AnthropicProvider
+    | OpenAICompatibleProvider,
+    Field(discriminator="type"),
+]
+PROVIDER_TYPES = ("ollama", "llamacpp", "vllm", "openai", "anthropic", "openai_compatible")
+
+
+class ProvidersFile(Strict):
+    """``config/providers.yaml``."""
+
+    version: Literal[1] = Field(1, description="File format version.")
+    providers: dict[ProviderName, Provider] = Field(description="Providers by name.")
+
+
+# --------------------------------------------------------------------------- model-mappings.yaml
+
+Strategy = Literal["round_robin", "weighted", "least_outstanding", "latency"]
+
+
+class Timeouts(Strict):
+    """Per-attempt and total time limits, in seconds."""
+
+    connect_s: float = Field(2.0, gt=0, le=600, description="TCP connect, per attempt.")
+    first_byte_s: float = Field(
+        120.0, gt=0, le=3600, description="From sending the request to the first response byte, per attempt."
+    )
+    total_s: float = Field(600.0, gt=0, le=86400, description="Whole request across all attempts.")
+
+
+class TimeoutsPatch(Strict):
+    connect_s: float | None = Field(None, gt=0, le=600)
+    first_byte_s: float | None = Field(None, gt=0, le=3600)
+    total_s: float | None = Field(None, gt=0, le=86400)
+
+
+class Retries(Strict):
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="Upstream attempts per request, across deployments and fallbacks."
+    )
+    retry_on_status: tuple[int, ...] = Field(
+        (429, 500, 502, 503, 504), description="Upstream statuses that move on to the next candidate."
+    )
+
+
+class Breaker(Strict):
+    failure_threshold: int = Field(5, ge=1, le=1000, description="Consecutive failures that open the breaker.")
+    cooldown_s: float = Field(
+        30.0, gt=0, le=3600, description="Seconds the breaker stays open before one trial request."
+    )
+
+
+class Defaults(Strict):
+    strategy: Strategy = "round_robin"
+    timeouts: Timeouts = Field(default_factory=Timeouts)  # type: ignore[arg-type]
+    retries: Retries = Field(default_factory=Retries)  # type: ignore[arg-type]
+    breaker: Breaker = Field(default_factory=Breaker)  # type: ignore[arg-type]
+
+
+class Deployment(Strict):
+    """One place a model can be served: a provider and the provider's name for it."""
+
+    provider: ProviderName
+    upstream: ModelName | None = Field(None, description="The provider's model name. Default: the route name.")
+    weight: float = Field(1.0, ge=0, description="Share of traffic under the 'weighted' strategy.")
+
+
+class Route(Strict):
+    """A model name clients ask for. One deployment, or several forming a load-balanced group."""
+
+    provider: ProviderName | None = Field(None, description="Shorthand for a single deployment.")
+    upstream: ModelName | None = Field(None, description="With `provider`: the provider's model name.")
+    deployments: tuple[Deployment, ...] = Field((), description="Several deployments: a load-balanced group.")
+    strategy: Strategy | None = Field(None, description="Load-balancing strategy; default from `defaults`.")
+    aliases: tuple[ModelName, ...] = Field((), description="Other names that resolve to this route.")
+    fallbacks: tuple[ModelName, ...] = Field((), description="Routes tried, in order, when this one fails.")
+    timeouts: TimeoutsPatch | None = None
+    max_attempts: int | None = Field(None, ge=1, le=20)
+    critical: bool = Field(
+        False, description="A reload that leaves this route with no healthy deployment is rolled back."
+    )
+    params: dict[str, object] = Field(
+        {}, description="Request fields set when the client did not send them (e.g. max_tokens)."
+    )
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Route:
+        if self.provider and self.deployments:
+            raise ValueError("give either `provider` (one deployment) or `deployments` (a group), not both")
+        if not self.provider and not self.deployments:
+            raise ValueError("a route needs `provider` or `deployments`")
+        if self.upstream and not self.provider:
+            raise ValueError("`upstream` goes with `provider`; in a group set it per deployment")
+        if "model" in self.params or "stream" in self.params:
+            raise ValueError("params may not set `model` or `stream`")
+        return self
+
+
+class Pattern(Strict):
+    """A glob on the requested name, e.g. ``ollama/*`` -> provider ollama, upstream = the ``*`` part."""
+
+    match: str = Field(description="Glob with `*` (any run of characters) and `?` (one character).")
+    provider: ProviderName
+    upstream: str = Field(
+        "{1}",
+        description="Upstream name template: {0} the whole requested name, {1}, {2}, ... the wildcards.",
+    )
+    fallbacks: tuple[ModelName, ...] = ()
+    description: str | None = None
+
+    @field_validator("match")
+    @classmethod
+    def _glob(cls, v: str) -> str:
+        if "*" not in v and "?" not in v:
+            raise ValueError("a pattern needs a wildcard (* or ?); put a plain name under `models`")
+        return v
+
+    @model_validator(mode="after")
+    def _template(self) -> Pattern:
+        n = self.match.count("*") + self.match.count("?")
+        for ref in re.findall(r"\{([^}]*)\}", self.upstream):
+            if not ref.isdigit() or int(ref) > n:
+                raise ValueError(f"upstream template {{{ref}}} is not one of {{0}}..{{{n}}}")
+        return self
+
+
+class CapabilityRule(Strict):
+    """Which routes answer ``capability/<name>``. Without `prefer`, every route whose models have it."""
+
+    prefer: tuple[ModelName, ...] = Field((), description="Routes to try first, in order.")
+    only_preferred: bool = Field(False, description="Do not add other routes that have the capability.")
+
+
+class MappingsFile(Strict):
+    """``config/model-mappings.yaml``."""
+
+    version: Literal[1] = 1
+    defaults: Defaults = Field(default_factory=Defaults)  # type: ignore[arg-type]
+    models: dict[ModelName, Route] = Field({}, description="Routes by the name clients ask for.")
+    aliases: dict[ModelName, ModelName] = Field({}, description="Extra names -> route name.")
+    patterns: tuple[Pattern, ...] = Field((), description="Tried in order after exact names and aliases.")
+    capabilities: dict[str, CapabilityRule] = Field({}, description="Rules for `capability/<name>` requests.")
+    fallbacks: dict[ModelName, tuple[ModelName, ...]] = Field(
+        {}, description="Fallback chains by route name (added after a route's own `fallbacks`)."
+    )
+    default_fallbacks: tuple[ModelName, ...] = Field(
+        (), description="Tried for every route after its own chain (e.g. a small always-on model)."
+    )
