@@ -1,2 +1,62 @@
-def register(app):  # placeholder until the gateway commands land
-    return None
+"""`aib serve` and the commands that talk to a running gateway (`health`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aib.cli.common import ConfigDirOpt, GatewayOpt, JsonOpt, config_errors, console, fail, print_json
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("health")(health)
+
+
+def serve(
+    config_dir: ConfigDirOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind. Keep 127.0.0.1 unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 4000,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    no_health_checks: Annotated[bool, typer.Option("--no-health-checks", help="Do not probe providers.")] = False,
+) -> None:
+    """Start the gateway (native engine) on HOST:PORT.
+
+    Reads config/ (or --config-dir); without one, the defaults shipped in the package. Starts even when
+    every provider is down: /health says which.
+    """
+    from aib.gateway.server import serve as run
+    from aib.gateway.settings import GatewaySettings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = GatewaySettings(host=host, port=port, config_dir=Path(config_dir) if config_dir else None, health_checks=not no_health_checks)
+    with config_errors():
+        run(settings, log_level=log_level)
+
+
+def health(gateway: GatewayOpt = "http://127.0.0.1:4000", as_json: JsonOpt = False) -> None:
+    """Show a running gateway's /health: each provider's state, probe latency and last error."""
+    from rich.table import Table
+
+    from aib.cli.http import GatewayDown, request_json
+
+    try:
+        status, data = request_json(f"{gateway.rstrip('/')}/health")
+    except GatewayDown as exc:
+        fail(f"gateway down: {exc}")
+    if not isinstance(data, dict):
+        fail(f"{gateway}/health did not answer JSON (status {status})")
+    if as_json:
+        print_json(data)
+    else:
+        table = Table(title=f"{gateway}  status: {data.get('status')}")
+        for col in ("provider", "type", "status", "probe ms", "last error"):
+            table.add_column(col)
+        for name, p in data.get("providers", {}).items():
+            style = {"healthy": "green", "unhealthy": "red"}.get(p["status"], "yellow")
+            table.add_row(name, p["type"], f"[{style}]{p['status']}[/{style}]", str(p.get("last_probe_latency_ms") or "-"), p.get("last_error") or "")
+        console.print(table)
+    raise typer.Exit(0 if status == 200 else 1)

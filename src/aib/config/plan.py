@@ -21,7 +21,7 @@ MatchKind = Literal["exact", "alias", "discovered", "pattern", "capability"]
 
 DEFAULT_HEALTH_PATHS = {
     "ollama": "/api/tags",
-    "llamacpp": "/health",
+    "llamacpp": "/v1/models",  # llama-server and llama-cpp-python both serve it; only llama-server has /health
     "vllm": "/health",
     "openai": "/v1/models",
     "anthropic": "/v1/models",
@@ -145,6 +145,7 @@ class RoutingPlan:
     default_max_attempts: int
     default_retry_on_status: frozenset[int]
     default_strategy: str
+    default_fallbacks: tuple[str, ...] = ()  # appended to discovered models' chains (patterns have it compiled in)
     discovered: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # provider -> models
     _pattern_cache: dict[str, Resolution | None] = field(default_factory=dict, repr=False, compare=False)
 
@@ -259,6 +260,7 @@ class RoutingPlan:
                     timeouts=self.default_timeouts,
                     max_attempts=self.default_max_attempts,
                     retry_on_status=self.default_retry_on_status,
+                    fallbacks=self.default_fallbacks,
                     origin="discovered",
                     capabilities=prov.capabilities.get(m, ("chat",)),
                 )

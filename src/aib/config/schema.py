@@ -37,7 +37,7 @@ class HealthCheck(Strict):
 
     endpoint: str | None = Field(
         None,
-        description="Path probed for liveness. Default by type: ollama /api/tags, llamacpp /health, "
+        description="Path probed for liveness. Default by type: ollama /api/tags, llamacpp /v1/models, "
         "vllm /health, openai and openai_compatible /v1/models, anthropic /v1/models.",
         examples=["/health"],
     )

@@ -1,0 +1,326 @@
+"""The native engine: a plain ASGI application (no framework on the request path).
+
+``create_app(plan, settings)`` builds everything; nothing happens at import. State lives on the
+:class:`Gateway` object: the current plan (one reference, swapped whole by discovery and reloads),
+runtime state (health, breakers, balancer counters), the upstream pool and the observers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from aib.config.load import LoadedConfig
+from aib.config.plan import RoutingPlan
+from aib.gateway.errors import GatewayError, envelope
+from aib.gateway.health import HealthMonitor
+from aib.gateway.proxy import ClientGone, Proxy
+from aib.gateway.records import Observer, RequestRecord
+from aib.gateway.settings import GatewaySettings
+from aib.gateway.upstream import UpstreamPool
+from aib.routing.state import RuntimeState
+
+log = logging.getLogger("aib.gateway")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[["Gateway", Scope, Receive, Send], Awaitable[None]]
+
+PROXIED = ("chat/completions", "completions", "embeddings")
+JSON = b"application/json"
+
+
+class Gateway:
+    def __init__(
+        self,
+        plan: RoutingPlan,
+        settings: GatewaySettings,
+        config: LoadedConfig | None = None,
+        observers: list[Observer] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.base_plan = plan  # as compiled from the files, before discovery
+        self.plan = plan  # what requests read: base plan + discovered models
+        self.config = config
+        self.state = RuntimeState()
+        if config is not None:
+            b = config.mappings.defaults.breaker
+            self.state.configure_breakers(b.failure_threshold, b.cooldown_s)
+        self.pool = UpstreamPool()
+        self.proxy = Proxy(self.state, self.pool)
+        self.observers: list[Observer] = list(observers or [])
+        self.health: HealthMonitor | None = None
+        self.inflight = 0
+        self.ready = False
+        self._models_cache: tuple[int, bytes] | None = None
+        self._routes: dict[str, dict[str, Handler]] = {}
+        for ep in PROXIED:
+            for prefix in ("/v1/", "/"):
+                self._routes[prefix + ep] = {"POST": _make_proxy_handler(ep)}
+        for prefix in ("/v1", ""):
+            self._routes[prefix + "/models"] = {"GET": Gateway.models}
+        self._routes["/health"] = {"GET": Gateway.health_full}
+        self._routes["/health/live"] = {"GET": Gateway.health_live}
+        self._routes["/health/ready"] = {"GET": Gateway.health_ready}
+        self._routes["/admin/route"] = {"GET": Gateway.admin_route}
+
+    # ------------------------------------------------------------------ plan
+
+    def set_plan(self, plan: RoutingPlan) -> None:
+        """Swap the plan in one step. Requests in flight keep the reference they started with."""
+        self.base_plan = plan
+        discovered = {n: h.models for n, h in self.state.health.items() if h.models}
+        self.plan = plan.with_discovered(discovered) if discovered else plan
+        self.pool.retain(set(plan.providers), self.settings.drain_timeout_s)
+        self.pool.forget_headers()
+        if self.health is not None:
+            self.health.sync()
+
+    def _discovered(self, discovered: dict[str, tuple[str, ...]]) -> None:
+        self.plan = self.base_plan.with_discovered(discovered)
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # pragma: no cover - reported to the server, which exits
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        if self.settings.health_checks:
+            self.health = HealthMonitor(lambda: self.base_plan, self._discovered, self.state, self.pool)
+            self.health.sync()
+            asyncio.get_running_loop().create_task(self._first_probe())
+        self.ready = True
+
+    async def _first_probe(self) -> None:
+        assert self.health is not None
+        await self.health.probe_all()
+        down = {n: h.last_error for n, h in self.state.health.items() if h.healthy is False}
+        total = len(self.state.health)
+        if down:
+            log.warning(
+                "%d of %d providers are down: %s. `make demo` starts a working local setup; "
+                "`aib doctor` checks everything.",
+                len(down),
+                total,
+                "; ".join(f"{n} ({e})" for n, e in down.items()),
+            )
+        else:
+            log.info("all %d providers are up", total)
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while self.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.health is not None:
+            await self.health.close()
+        await self.pool.close()
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            path = path[:-1]
+        methods = self._routes.get(path)
+        if methods is None:
+            if path.startswith(("/v1/models/", "/models/")) and scope["method"] == "GET":
+                await self.model_detail(scope, path.split("/models/", 1)[1], send)
+                return
+            await send_error(send, GatewayError(404, f"Unknown path {path!r}. See /v1/models, /v1/chat/completions, /health.", "invalid_request_error", "unknown_url"))
+            return
+        handler = methods.get(scope["method"])
+        if handler is None:
+            allow = ", ".join(sorted(methods))
+            err = GatewayError(405, f"Method {scope['method']} is not allowed on {path}; use {allow}.", "invalid_request_error", "method_not_allowed")
+            err.headers["allow"] = allow
+            await send_error(send, err)
+            return
+        await handler(self, scope, receive, send)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def proxy_request(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
+        plan = self.plan
+        rid = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        record = RequestRecord(request_id=rid[:128], endpoint=endpoint, model="", started_at=time.time())
+        t0 = time.perf_counter()
+        self.inflight += 1
+        try:
+            body = await read_body(scope, receive, self.settings.max_body_bytes)
+            await self.proxy.handle(plan, endpoint, body, record, receive, send)
+        except GatewayError as err:
+            record.status, record.error, record.error_code = err.status, err.message, err.code
+            await send_error(send, err, rid)
+        except ClientGone:
+            record.client_disconnected = True
+        except Exception as exc:  # a bug: answer in the envelope, log the stack, never show it
+            log.exception("internal error on request %s", rid)
+            record.status, record.error, record.error_code = 500, f"internal error: {type(exc).__name__}", "internal_error"
+            if record.ttfb_s is None:
+                await send_error(send, GatewayError(500, f"Internal gateway error ({type(exc).__name__}); request id {rid}.", "server_error", "internal_error"), rid)
+        finally:
+            self.inflight -= 1
+            record.total_s = time.perf_counter() - t0
+            for obs in self.observers:
+                obs.request_done(record)
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        plan = self.plan
+        cached = self._models_cache
+        if cached is None or cached[0] != id(plan):
+            created = int(self.state.started_at)
+            data = [{"id": m, "object": "model", "created": created, "owned_by": owner} for m, owner in plan.public_models()]
+            cached = self._models_cache = (id(plan), orjson.dumps({"object": "list", "data": data}))
+        await send_json(send, 200, cached[1])
+
+    async def model_detail(self, scope: Scope, model: str, send: Send) -> None:
+        plan = self.plan
+        for m, owner in plan.public_models():
+            if m == model:
+                body = {"id": m, "object": "model", "created": int(self.state.started_at), "owned_by": owner}
+                await send_json(send, 200, orjson.dumps(body))
+                return
+        from aib.gateway.errors import model_not_found
+
+        await send_error(send, model_not_found(model, plan.suggestions(model)))
+
+    async def health_full(self, scope: Scope, receive: Receive, send: Send) -> None:
+        plan = self.plan
+        if self.health is None:
+            report: dict[str, Any] = {"status": "unknown", "healthy_providers": 0, "providers": {}, "plan_version": plan.version, "health_checks": False}
+            status = 200
+        else:
+            report = self.health.report(plan)
+            status = 200 if report["healthy_providers"] > 0 else 503
+        report["inflight"] = self.inflight
+        report["uptime_s"] = round(time.time() - self.state.started_at, 1)
+        await send_json(send, status, orjson.dumps(report))
+
+    async def health_live(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, b'{"status":"alive"}')
+
+    async def health_ready(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ok = self.ready
+        await send_json(send, 200 if ok else 503, orjson.dumps({"status": "ready" if ok else "not_ready", "plan_version": self.plan.version}))
+
+    async def admin_route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not await self.check_admin(scope, send):
+            return
+        qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        model = (qs.get("model") or [""])[0]
+        if not model:
+            await send_error(send, GatewayError(400, "Give the model to explain: /admin/route?model=NAME", "invalid_request_error", "missing_required_parameter", "model"))
+            return
+        res = self.plan.resolve(model)
+        if res is None:
+            from aib.gateway.errors import model_not_found
+
+            await send_error(send, model_not_found(model, self.plan.suggestions(model)))
+            return
+        await send_json(send, 200, orjson.dumps(res.explain()))
+
+    async def check_admin(self, scope: Scope, send: Send) -> bool:
+        key = self.settings.admin_key
+        if key is None:
+            return True
+        given = _header(scope, b"authorization") or ""
+        given = given.removeprefix("Bearer ").strip() or (_header(scope, b"x-admin-key") or "")
+        if given == key:
+            return True
+        await send_error(send, GatewayError(401, f"This admin endpoint needs the admin key (set in ${self.settings.admin_key_env}) as a bearer token.", "authentication_error", "invalid_admin_key"))
+        return False
+
+
+def _make_proxy_handler(endpoint: str) -> Handler:
+    async def handler(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+        await gw.proxy_request(endpoint, scope, receive, send)
+
+    return handler
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return str(v.decode("latin-1"))
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = msg.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        if not msg.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"The request body is larger than the limit of {limit} bytes (AIB_MAX_BODY_BYTES).", "invalid_request_error", "request_too_large")
+
+
+async def send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, err: GatewayError, request_id: str | None = None) -> None:
+    extra = [(k.encode(), v.encode()) for k, v in err.headers.items()]
+    if request_id:
+        extra.append((b"x-request-id", request_id.encode()))
+    try:
+        await send_json(send, err.status, err.body(), extra)
+    except OSError:  # the client is gone; nothing to tell it
+        pass
+
+
+def create_app(
+    plan: RoutingPlan,
+    settings: GatewaySettings | None = None,
+    config: LoadedConfig | None = None,
+    observers: list[Observer] | None = None,
+) -> Gateway:
+    """Build the ASGI application. Nothing runs until the server sends lifespan startup."""
+    return Gateway(plan, settings or GatewaySettings(), config, observers)
+
+
+__all__ = ["Gateway", "create_app", "envelope"]

@@ -1,0 +1,412 @@
+"""The request path: resolve, pick, call, fall back, stream back, record once.
+
+One request body is parsed once (orjson); only ``model`` (and unset route ``params``) is rewritten;
+response bytes pass through unchanged, stream chunks included. A failure before the first byte has
+reached the client moves on to the next candidate; after it, the stream ends with an SSE error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from aib.config.plan import Group, ProviderInfo, RoutingPlan, Target
+from aib.gateway.errors import GatewayError, bad_request, envelope, model_not_found, upstream_failed
+from aib.gateway.records import Attempt, RequestRecord
+from aib.gateway.upstream import UpstreamPool
+from aib.routing import balance
+from aib.routing.state import RuntimeState
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+# what each endpoint must carry besides `model`, and the type it must have
+REQUIRED = {"chat/completions": ("messages", list), "completions": ("prompt", (str, list)), "embeddings": ("input", (str, list))}
+STREAMABLE = frozenset({"chat/completions", "completions"})
+SSE_DONE = b"data: [DONE]"
+
+
+class ClientGone(Exception):
+    """The client closed the connection; nothing more can be sent."""
+
+
+@dataclass(slots=True)
+class Failure:
+    error: GatewayError
+    retriable: bool
+    retry_after_s: float | None = None
+
+
+def parse_request(endpoint: str, body: bytes) -> tuple[dict[str, Any], str, bool]:
+    """Validate what the gateway itself needs; everything else is the upstream's to judge."""
+    if not body:
+        raise bad_request("The request body is empty; send a JSON object with at least `model`.")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    model = payload.get("model")
+    if model is None:
+        raise bad_request("Missing required parameter: 'model'.", "model", "missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' must be a non-empty string.", "model", "invalid_type")
+    field, kind = REQUIRED[endpoint]
+    if field not in payload:
+        raise bad_request(f"Missing required parameter: {field!r}.", field, "missing_required_parameter")
+    if not isinstance(payload[field], kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise bad_request(f"{field!r} must be of type {names}.", field, "invalid_type")
+    stream = payload.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean.", "stream", "invalid_type")
+    if stream and endpoint not in STREAMABLE:
+        raise bad_request(f"{endpoint} does not support streaming.", "stream", "invalid_value")
+    return payload, model, bool(stream)
+
+
+def _retry_after(headers: Any) -> float | None:
+    raw = headers.get("retry-after") if headers is not None else None
+    if not raw:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(raw) if raw else None
+        return max(when.timestamp() - time.time(), 0.0) if when else None
+
+
+class Proxy:
+    """Holds what every request needs; :meth:`handle` serves one request."""
+
+    def __init__(self, state: RuntimeState, pool: UpstreamPool) -> None:
+        self.state = state
+        self.pool = pool
+
+    async def handle(
+        self,
+        plan: RoutingPlan,
+        endpoint: str,
+        body: bytes,
+        record: RequestRecord,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Serve one request; raises :class:`GatewayError` only before anything was sent."""
+        payload, model, stream = parse_request(endpoint, body)
+        record.model, record.stream = model, stream
+        res = plan.resolve(model)
+        if res is None:
+            raise model_not_found(model, plan.suggestions(model))
+        record.route, record.matched_by, record.rule = res.group.name, res.matched_by, res.rule
+        record.plan_version = plan.version
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + res.group.timeouts.total_s
+        attempts_left = res.group.max_attempts
+        last: Failure | None = None
+        tried: set[str] = set()
+        for pass_no in (0, 1):
+            for group in res.chain:
+                if pass_no == 0:
+                    targets = balance.order(group, self.state)
+                else:  # last resort: health said no, but nothing else was tried; breakers still count
+                    targets = [t for t in group.targets if t.id not in tried]
+                for target in targets:
+                    if attempts_left <= 0 or loop.time() >= deadline:
+                        break
+                    if target.id in tried or target.provider not in plan.providers:
+                        continue
+                    info = plan.providers[target.provider]
+                    if not info.enabled or not self.state.stats(target.id).breaker.acquire():
+                        continue
+                    tried.add(target.id)
+                    attempts_left -= 1
+                    failure = await self._attempt(
+                        info, group, target, endpoint, payload, stream, deadline, record, receive, send
+                    )
+                    if failure is None:
+                        return
+                    last = failure
+                    if not failure.retriable:
+                        raise failure.error
+            if tried or attempts_left <= 0:
+                break
+        if last is not None:
+            raise last.error
+        raise self._nothing_available(res.chain)
+
+    def _nothing_available(self, chain: tuple[Group, ...]) -> GatewayError:
+        now = time.monotonic()
+        reasons = []
+        wait: float | None = None
+        for g in chain:
+            for t in g.targets:
+                st = self.state.targets.get(t.id)
+                h = self.state.health.get(t.provider)
+                if st is not None and not st.breaker.allows(now):
+                    left = max(st.breaker.opened_until - now, 0.0)
+                    wait = left if wait is None else min(wait, left)
+                    reasons.append(f"{t.id}: circuit open ({st.breaker.last_error})")
+                elif h is not None and not h.usable:
+                    reasons.append(f"{t.provider}: down ({h.last_error})")
+                else:
+                    reasons.append(f"{t.id}: disabled")
+        err = GatewayError(
+            503,
+            f"No deployment can take this request now: {'; '.join(reasons)}. GET /health shows provider states.",
+            "service_unavailable",
+            "no_healthy_deployment",
+        )
+        if wait is not None:
+            err.headers["retry-after"] = str(max(int(wait + 0.999), 1))
+        return err
+
+    async def _attempt(
+        self,
+        info: ProviderInfo,
+        group: Group,
+        target: Target,
+        endpoint: str,
+        payload: dict[str, Any],
+        stream: bool,
+        deadline: float,
+        record: RequestRecord,
+        receive: Receive,
+        send: Send,
+    ) -> Failure | None:
+        loop = asyncio.get_running_loop()
+        stats = self.state.stats(target.id)
+        attempt = Attempt(target.id, target.provider, target.upstream, group.name)
+        record.attempts.append(attempt)
+        body = dict(payload)
+        body["model"] = target.upstream
+        for k, v in group.params.items():
+            body.setdefault(k, v)
+        data = orjson.dumps(body)
+        headers = dict(self.pool.headers(info))
+        headers["x-request-id"] = record.request_id
+        session = self.pool.session(info)
+        t = group.timeouts
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.first_byte_s)
+        url = f"{info.api_base}/{endpoint}"
+        start = loop.time()
+        stats.inflight += 1
+        stats.requests += 1
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            try:
+                async with asyncio.timeout(max(min(t.first_byte_s, deadline - start), 0.001)):
+                    resp = await session.post(url, data=data, headers=headers, timeout=timeout)
+                    if stream and resp.status == 200:
+                        first = await resp.content.readany()
+                    else:
+                        first = b""
+                attempt.ttfb_s = loop.time() - start
+                attempt.status = resp.status
+                if resp.status >= 400 or not stream or resp.status != 200:
+                    async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
+                        rest = await resp.read()
+                    return await self._finish_plain(info, group, target, resp, rest, attempt, record, send, stats)
+                return await self._finish_stream(info, target, resp, first, attempt, record, receive, send, stats)
+            except TimeoutError:
+                what = "first byte" if attempt.ttfb_s is None else "end of response"
+                return self._fail(
+                    stats, attempt, 504, f"{info.name} did not answer within the time limit ({what})", "upstream_timeout"
+                )
+            except aiohttp.ClientConnectorError as exc:
+                return self._fail(stats, attempt, 502, f"cannot connect to {info.name} at {info.base_url}: {exc.os_error}", "upstream_unreachable")
+            except (aiohttp.ClientError, OSError) as exc:
+                return self._fail(stats, attempt, 502, f"{info.name} broke the connection: {type(exc).__name__} {exc}".strip(), "upstream_connection_error")
+        finally:
+            stats.inflight -= 1
+            attempt.duration_s = loop.time() - start
+            record.upstream_s += attempt.duration_s
+            if resp is not None:
+                resp.release()
+
+    def _fail(
+        self, stats: Any, attempt: Attempt, status: int, message: str, code: str, retry_after: float | None = None, retriable: bool = True
+    ) -> Failure:
+        attempt.error = message
+        stats.failures += 1
+        stats.breaker.failure(message, retry_after)
+        return Failure(upstream_failed(status, message, code), retriable, retry_after)
+
+    async def _finish_plain(
+        self,
+        info: ProviderInfo,
+        group: Group,
+        target: Target,
+        resp: aiohttp.ClientResponse,
+        data: bytes,
+        attempt: Attempt,
+        record: RequestRecord,
+        send: Send,
+        stats: Any,
+    ) -> Failure | None:
+        status = resp.status
+        ctype = resp.headers.get("content-type", "")
+        if status in group.retry_on_status or status >= 500:
+            detail = _error_detail(data)
+            retry_after = _retry_after(resp.headers) if status in (429, 503) else None
+            code = "upstream_rate_limited" if status == 429 else "upstream_error"
+            fail = self._fail(stats, attempt, 502 if status != 429 else 429, f"{info.name} answered {status}{detail}", code, retry_after)
+            if retry_after is not None and status == 429:
+                fail.error.headers["retry-after"] = str(max(int(retry_after + 0.999), 1))
+            return fail
+        parsed: Any = None
+        if "json" in ctype:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                parsed = orjson.loads(data)
+        if status >= 400:
+            # the upstream judged the request itself bad: pass its answer on, not the breaker's business
+            stats.breaker.release()
+            attempt.error = f"{info.name} answered {status}{_error_detail(data)}"
+            attempt.ok = True
+            if not (isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)):
+                data = envelope(f"{info.name} rejected the request ({status}){_error_detail(data)}", "invalid_request_error", "upstream_rejected")
+            await self._respond(send, status, data, target, record)
+            return None
+        if not isinstance(parsed, dict):
+            what = "non-JSON" if "json" in ctype else f"content type {ctype or 'none'!r}"
+            return self._fail(stats, attempt, 502, f"{info.name} sent an unusable answer ({what})", "upstream_bad_response")
+        stats.breaker.success()
+        if attempt.ttfb_s is not None:
+            stats.observe_ttfb(attempt.ttfb_s)
+        attempt.ok = True
+        usage = parsed.get("usage")
+        if isinstance(usage, dict):
+            record.prompt_tokens = usage.get("prompt_tokens")
+            record.completion_tokens = usage.get("completion_tokens")
+        await self._respond(send, status, data, target, record)
+        return None
+
+    async def _respond(self, send: Send, status: int, data: bytes, target: Target, record: RequestRecord) -> None:
+        record.status = status
+        record.provider, record.upstream = target.provider, target.upstream
+        headers = self._headers(b"application/json", target, record)
+        headers.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        record.ttfb_s = time.time() - record.started_at
+        await send({"type": "http.response.body", "body": data})
+
+    def _headers(self, ctype: bytes, target: Target, record: RequestRecord) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", ctype),
+            (b"x-request-id", record.request_id.encode()),
+            (b"x-aib-provider", target.provider.encode()),
+            (b"x-aib-model", target.upstream.encode()),
+            (b"x-aib-fallbacks", str(record.fallbacks).encode()),
+        ]
+
+    async def _finish_stream(
+        self,
+        info: ProviderInfo,
+        target: Target,
+        resp: aiohttp.ClientResponse,
+        first: bytes,
+        attempt: Attempt,
+        record: RequestRecord,
+        receive: Receive,
+        send: Send,
+        stats: Any,
+    ) -> Failure | None:
+        ctype = resp.headers.get("content-type", "")
+        if "text/event-stream" not in ctype or not first:
+            what = f"content type {ctype or 'none'!r}" if first else "an empty stream"
+            return self._fail(stats, attempt, 502, f"{info.name} answered a streaming request with {what}", "upstream_bad_response")
+        if attempt.ttfb_s is not None:
+            stats.observe_ttfb(attempt.ttfb_s)
+        record.status = 200
+        record.provider, record.upstream = target.provider, target.upstream
+        headers = self._headers(b"text/event-stream", target, record)
+        headers.append((b"cache-control", b"no-cache"))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            record.ttfb_s = time.time() - record.started_at
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+        except OSError:
+            record.client_disconnected = True
+            stats.breaker.release()
+            return None
+        # from here on the client has bytes: no retry, whatever happens
+        pump = asyncio.ensure_future(self._pump(info, resp, first, attempt, record, send, stats))
+        gone = asyncio.ensure_future(receive())
+        try:
+            done, _ = await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not pump.done():
+                pump.cancel()
+                record.client_disconnected = True
+                stats.breaker.release()
+                attempt.error = "client disconnected"
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+                resp.close()  # drop the upstream connection: the upstream stops generating
+            gone.cancel()
+        return None
+
+    async def _pump(
+        self,
+        info: ProviderInfo,
+        resp: aiohttp.ClientResponse,
+        first: bytes,
+        attempt: Attempt,
+        record: RequestRecord,
+        send: Send,
+        stats: Any,
+    ) -> None:
+        tail = first[-64:]
+        error: str | None = None
+        try:
+            async for chunk in resp.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                tail = (tail + chunk)[-64:]
+        except TimeoutError:
+            error = f"{info.name} stopped sending mid-stream (no data within the read timeout)"
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            error = f"{info.name} broke the stream: {type(exc).__name__}"
+        except OSError:  # the client went away while we were sending
+            record.client_disconnected = True
+            stats.breaker.release()
+            return
+        if error is None and SSE_DONE not in tail:
+            error = f"{info.name} ended the stream before [DONE]"
+        if error is not None:
+            attempt.error = error
+            record.error, record.error_code = error, "stream_interrupted"
+            stats.failures += 1
+            stats.breaker.failure(error)
+            event = b"data: " + envelope(error, "upstream_error", "stream_interrupted") + b"\n\n"
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        else:
+            attempt.ok = True
+            stats.breaker.success()
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _error_detail(data: bytes) -> str:
+    if not data:
+        return ""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        text = data[:200].decode("utf-8", "replace").strip()
+        return f": {text}" if text else ""
+    if isinstance(parsed, dict):
+        err = parsed.get("error")
+        msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else parsed.get("detail")
+        if msg:
+            return f": {str(msg)[:300]}"
+    return ""

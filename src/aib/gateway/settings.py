@@ -1,0 +1,27 @@
+"""Settings of one gateway process (not routing: that is the RoutingPlan)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 4000
+    config_dir: Path | None = None  # None: the defaults shipped inside the package
+    max_body_bytes: int = field(default_factory=lambda: _env_int("AIB_MAX_BODY_BYTES", 32 * 1024 * 1024))
+    admin_key_env: str = "AIB_ADMIN_KEY"
+    health_checks: bool = True  # background probes (tests of routing alone turn them off)
+    drain_timeout_s: float = 30.0
+
+    @property
+    def admin_key(self) -> str | None:
+        return os.environ.get(self.admin_key_env) or None

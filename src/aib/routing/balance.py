@@ -1,0 +1,72 @@
+"""Load balancing: order a group's deployments for one request.
+
+The first deployment is the pick; the rest, in order, are where a failed attempt goes next within the
+same group. Deployments whose provider is unhealthy or whose breaker is open are left out.
+"""
+
+from __future__ import annotations
+
+from aib.config.plan import Group, Target
+from aib.routing.state import RuntimeState
+
+EXPLORE_EVERY = 20  # the latency strategy sends every Nth request round-robin to keep averages fresh
+
+
+def eligible(group: Group, state: RuntimeState) -> list[Target]:
+    out = []
+    for t in group.targets:
+        h = state.health.get(t.provider)
+        if h is not None and not h.usable:
+            continue
+        st = state.targets.get(t.id)
+        if st is not None and not st.breaker.allows():
+            continue
+        out.append(t)
+    return out
+
+
+def order(group: Group, state: RuntimeState, candidates: list[Target] | None = None) -> list[Target]:
+    """The deployments of ``group`` to try, best first."""
+    ts = eligible(group, state) if candidates is None else candidates
+    if len(ts) <= 1:
+        return ts
+    strategy = group.strategy
+    if strategy == "weighted":
+        return _weighted(group.name, ts, state)
+    rotated = _rotate(group.name, ts, state)
+    if strategy == "least_outstanding":
+        return sorted(rotated, key=lambda t: state.stats(t.id).inflight)  # stable: ties keep rotation
+    if strategy == "latency":
+        if state.rr_counters[group.name] % EXPLORE_EVERY == 0:
+            return rotated
+        return sorted(rotated, key=lambda t: _latency_key(state, t))
+    return rotated
+
+
+def _rotate(name: str, ts: list[Target], state: RuntimeState) -> list[Target]:
+    n = state.rr_counters.get(name, 0)
+    state.rr_counters[name] = n + 1
+    k = n % len(ts)
+    return ts[k:] + ts[:k]
+
+
+def _latency_key(state: RuntimeState, t: Target) -> float:
+    ewma = state.stats(t.id).ewma_ttfb_s
+    return -1.0 if ewma is None else ewma  # untried deployments first
+
+
+def _weighted(name: str, ts: list[Target], state: RuntimeState) -> list[Target]:
+    """Smooth weighted round-robin (as nginx does): deterministic, spreads picks evenly."""
+    current = state.swrr.setdefault(name, {})
+    live = [t for t in ts if t.weight > 0] or ts
+    total = sum(t.weight for t in live) or float(len(live))
+    best: Target | None = None
+    for t in live:
+        w = t.weight if t.weight > 0 else 1.0
+        current[t.id] = current.get(t.id, 0.0) + w
+        if best is None or current[t.id] > current[best.id]:
+            best = t
+    assert best is not None
+    current[best.id] -= total
+    rest = sorted((t for t in ts if t is not best), key=lambda t: -t.weight)
+    return [best, *rest]

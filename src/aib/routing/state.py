@@ -1,0 +1,71 @@
+"""Runtime state that outlives a plan: health per provider, counters and breakers per deployment.
+
+Keyed by provider name and deployment id, so a reload that keeps a deployment keeps its breaker,
+its latency average and its in-flight count.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aib.routing.breaker import CircuitBreaker
+
+EWMA_ALPHA = 0.3
+
+
+@dataclass(slots=True)
+class TargetStats:
+    breaker: CircuitBreaker
+    inflight: int = 0
+    ewma_ttfb_s: float | None = None
+    requests: int = 0
+    failures: int = 0
+
+    def observe_ttfb(self, seconds: float) -> None:
+        prev = self.ewma_ttfb_s
+        self.ewma_ttfb_s = seconds if prev is None else prev + EWMA_ALPHA * (seconds - prev)
+
+
+@dataclass(slots=True)
+class ProviderHealth:
+    healthy: bool | None = None  # None: not probed yet (treated as healthy)
+    last_checked: float | None = None  # wall clock
+    last_latency_ms: float | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    models: tuple[str, ...] = ()  # discovered
+
+    @property
+    def usable(self) -> bool:
+        return self.healthy is not False
+
+
+@dataclass
+class RuntimeState:
+    breaker_threshold: int = 5
+    breaker_cooldown_s: float = 30.0
+    targets: dict[str, TargetStats] = field(default_factory=dict)
+    health: dict[str, ProviderHealth] = field(default_factory=dict)
+    rr_counters: dict[str, int] = field(default_factory=dict)
+    swrr: dict[str, dict[str, float]] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+
+    def stats(self, target_id: str) -> TargetStats:
+        st = self.targets.get(target_id)
+        if st is None:
+            st = self.targets[target_id] = TargetStats(
+                CircuitBreaker(self.breaker_threshold, self.breaker_cooldown_s)
+            )
+        return st
+
+    def provider(self, name: str) -> ProviderHealth:
+        h = self.health.get(name)
+        if h is None:
+            h = self.health[name] = ProviderHealth()
+        return h
+
+    def configure_breakers(self, threshold: int, cooldown_s: float) -> None:
+        self.breaker_threshold, self.breaker_cooldown_s = threshold, cooldown_s
+        for st in self.targets.values():
+            st.breaker.configure(threshold, cooldown_s)
