@@ -22,7 +22,7 @@ from aib.config.plan import RoutingPlan
 from aib.gateway.errors import GatewayError, envelope
 from aib.gateway.health import HealthMonitor
 from aib.gateway.proxy import ClientGone, Proxy
-from aib.gateway.records import Observer, RequestRecord
+from aib.observe.records import Observer, RequestRecord
 from aib.gateway.settings import GatewaySettings
 from aib.gateway.upstream import UpstreamPool
 from aib.routing.state import RuntimeState
@@ -71,6 +71,14 @@ class Gateway:
         self._routes["/health/live"] = {"GET": Gateway.health_live}
         self._routes["/health/ready"] = {"GET": Gateway.health_ready}
         self._routes["/admin/route"] = {"GET": Gateway.admin_route}
+
+    def add_route(self, path: str, method: str, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        """Serve ``method path`` with a plain ASGI callable (used by /metrics, /admin/reload, ...)."""
+
+        async def call(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+            await handler(scope, receive, send)
+
+        self._routes.setdefault(path, {})[method.upper()] = call
 
     # ------------------------------------------------------------------ plan
 

@@ -20,7 +20,7 @@ import orjson
 
 from aib.config.plan import Group, ProviderInfo, RoutingPlan, Target
 from aib.gateway.errors import GatewayError, bad_request, envelope, model_not_found, upstream_failed
-from aib.gateway.records import Attempt, RequestRecord
+from aib.observe.records import Attempt, RequestRecord
 from aib.gateway.upstream import UpstreamPool
 from aib.routing import balance
 from aib.routing.state import RuntimeState
