@@ -8,6 +8,7 @@ runtime state (health, breakers, balancer counters), the upstream pool and the o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -22,9 +23,9 @@ from aib.config.plan import RoutingPlan
 from aib.gateway.errors import GatewayError, envelope
 from aib.gateway.health import HealthMonitor
 from aib.gateway.proxy import ClientGone, Proxy
-from aib.observe.records import Observer, RequestRecord
 from aib.gateway.settings import GatewaySettings
 from aib.gateway.upstream import UpstreamPool
+from aib.observe.records import Observer, RequestRecord
 from aib.routing.state import RuntimeState
 
 log = logging.getLogger("aib.gateway")
@@ -72,7 +73,9 @@ class Gateway:
         self._routes["/health/ready"] = {"GET": Gateway.health_ready}
         self._routes["/admin/route"] = {"GET": Gateway.admin_route}
 
-    def add_route(self, path: str, method: str, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    def add_route(
+        self, path: str, method: str, handler: Callable[[Scope, Receive, Send], Awaitable[None]]
+    ) -> None:
         """Serve ``method path`` with a plain ASGI callable (used by /metrics, /admin/reload, ...)."""
 
         async def call(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
@@ -145,7 +148,7 @@ class Gateway:
     async def shutdown(self) -> None:
         self.ready = False
         deadline = time.monotonic() + self.settings.drain_timeout_s
-        while self.inflight and time.monotonic() < deadline:
+        while self.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a counter, bounded
             await asyncio.sleep(0.05)
         if self.health is not None:
             await self.health.close()
@@ -160,12 +163,25 @@ class Gateway:
             if path.startswith(("/v1/models/", "/models/")) and scope["method"] == "GET":
                 await self.model_detail(scope, path.split("/models/", 1)[1], send)
                 return
-            await send_error(send, GatewayError(404, f"Unknown path {path!r}. See /v1/models, /v1/chat/completions, /health.", "invalid_request_error", "unknown_url"))
+            await send_error(
+                send,
+                GatewayError(
+                    404,
+                    f"Unknown path {path!r}. See /v1/models, /v1/chat/completions, /health.",
+                    "invalid_request_error",
+                    "unknown_url",
+                ),
+            )
             return
         handler = methods.get(scope["method"])
         if handler is None:
             allow = ", ".join(sorted(methods))
-            err = GatewayError(405, f"Method {scope['method']} is not allowed on {path}; use {allow}.", "invalid_request_error", "method_not_allowed")
+            err = GatewayError(
+                405,
+                f"Method {scope['method']} is not allowed on {path}; use {allow}.",
+                "invalid_request_error",
+                "method_not_allowed",
+            )
             err.headers["allow"] = allow
             await send_error(send, err)
             return
@@ -189,9 +205,22 @@ class Gateway:
             record.client_disconnected = True
         except Exception as exc:  # a bug: answer in the envelope, log the stack, never show it
             log.exception("internal error on request %s", rid)
-            record.status, record.error, record.error_code = 500, f"internal error: {type(exc).__name__}", "internal_error"
+            record.status, record.error, record.error_code = (
+                500,
+                f"internal error: {type(exc).__name__}",
+                "internal_error",
+            )
             if record.ttfb_s is None:
-                await send_error(send, GatewayError(500, f"Internal gateway error ({type(exc).__name__}); request id {rid}.", "server_error", "internal_error"), rid)
+                await send_error(
+                    send,
+                    GatewayError(
+                        500,
+                        f"Internal gateway error ({type(exc).__name__}); request id {rid}.",
+                        "server_error",
+                        "internal_error",
+                    ),
+                    rid,
+                )
         finally:
             self.inflight -= 1
             record.total_s = time.perf_counter() - t0
@@ -203,7 +232,10 @@ class Gateway:
         cached = self._models_cache
         if cached is None or cached[0] != id(plan):
             created = int(self.state.started_at)
-            data = [{"id": m, "object": "model", "created": created, "owned_by": owner} for m, owner in plan.public_models()]
+            data = [
+                {"id": m, "object": "model", "created": created, "owned_by": owner}
+                for m, owner in plan.public_models()
+            ]
             cached = self._models_cache = (id(plan), orjson.dumps({"object": "list", "data": data}))
         await send_json(send, 200, cached[1])
 
@@ -221,7 +253,13 @@ class Gateway:
     async def health_full(self, scope: Scope, receive: Receive, send: Send) -> None:
         plan = self.plan
         if self.health is None:
-            report: dict[str, Any] = {"status": "unknown", "healthy_providers": 0, "providers": {}, "plan_version": plan.version, "health_checks": False}
+            report: dict[str, Any] = {
+                "status": "unknown",
+                "healthy_providers": 0,
+                "providers": {},
+                "plan_version": plan.version,
+                "health_checks": False,
+            }
             status = 200
         else:
             report = self.health.report(plan)
@@ -235,7 +273,11 @@ class Gateway:
 
     async def health_ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         ok = self.ready
-        await send_json(send, 200 if ok else 503, orjson.dumps({"status": "ready" if ok else "not_ready", "plan_version": self.plan.version}))
+        await send_json(
+            send,
+            200 if ok else 503,
+            orjson.dumps({"status": "ready" if ok else "not_ready", "plan_version": self.plan.version}),
+        )
 
     async def admin_route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not await self.check_admin(scope, send):
@@ -243,7 +285,16 @@ class Gateway:
         qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         model = (qs.get("model") or [""])[0]
         if not model:
-            await send_error(send, GatewayError(400, "Give the model to explain: /admin/route?model=NAME", "invalid_request_error", "missing_required_parameter", "model"))
+            await send_error(
+                send,
+                GatewayError(
+                    400,
+                    "Give the model to explain: /admin/route?model=NAME",
+                    "invalid_request_error",
+                    "missing_required_parameter",
+                    "model",
+                ),
+            )
             return
         res = self.plan.resolve(model)
         if res is None:
@@ -261,7 +312,15 @@ class Gateway:
         given = given.removeprefix("Bearer ").strip() or (_header(scope, b"x-admin-key") or "")
         if given == key:
             return True
-        await send_error(send, GatewayError(401, f"This admin endpoint needs the admin key (set in ${self.settings.admin_key_env}) as a bearer token.", "authentication_error", "invalid_admin_key"))
+        await send_error(
+            send,
+            GatewayError(
+                401,
+                f"This admin endpoint needs the admin key (set in ${self.settings.admin_key_env}) as a bearer token.",
+                "authentication_error",
+                "invalid_admin_key",
+            ),
+        )
         return False
 
 
@@ -300,10 +359,17 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> GatewayError:
-    return GatewayError(413, f"The request body is larger than the limit of {limit} bytes (AIB_MAX_BODY_BYTES).", "invalid_request_error", "request_too_large")
+    return GatewayError(
+        413,
+        f"The request body is larger than the limit of {limit} bytes (AIB_MAX_BODY_BYTES).",
+        "invalid_request_error",
+        "request_too_large",
+    )
 
 
-async def send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
     if extra:
         headers.extend(extra)
@@ -315,10 +381,8 @@ async def send_error(send: Send, err: GatewayError, request_id: str | None = Non
     extra = [(k.encode(), v.encode()) for k, v in err.headers.items()]
     if request_id:
         extra.append((b"x-request-id", request_id.encode()))
-    try:
+    with contextlib.suppress(OSError):  # the client is gone; nothing to tell it
         await send_json(send, err.status, err.body(), extra)
-    except OSError:  # the client is gone; nothing to tell it
-        pass
 
 
 def create_app(

@@ -126,7 +126,12 @@ class HealthMonitor:
         if models != h.models:
             added = sorted(set(models) - set(h.models))
             h.models = models
-            log.info("discovered on %s: %d models%s", info.name, len(models), f" (new: {', '.join(added)})" if added else "")
+            log.info(
+                "discovered on %s: %d models%s",
+                info.name,
+                len(models),
+                f" (new: {', '.join(added)})" if added else "",
+            )
             self._on_discovered({n: ph.models for n, ph in self.state.health.items() if ph.models})
 
     async def close(self) -> None:
@@ -142,7 +147,15 @@ class HealthMonitor:
         providers: dict[str, Any] = {}
         for name, info in plan.providers.items():
             h = self.state.health.get(name)
-            status = "disabled" if not info.enabled else "unknown" if h is None or h.healthy is None else "healthy" if h.healthy else "unhealthy"
+            status = (
+                "disabled"
+                if not info.enabled
+                else "unknown"
+                if h is None or h.healthy is None
+                else "healthy"
+                if h.healthy
+                else "unhealthy"
+            )
             breakers = {
                 t.id: self.state.targets[t.id].breaker.snapshot(now)
                 for g in plan.groups.values()
@@ -162,7 +175,11 @@ class HealthMonitor:
             }
         healthy = sum(1 for p in providers.values() if p["status"] == "healthy")
         return {
-            "status": "healthy" if healthy == len([p for p in providers.values() if p["status"] != "disabled"]) and healthy else "degraded" if healthy else "unhealthy",
+            "status": "healthy"
+            if healthy == len([p for p in providers.values() if p["status"] != "disabled"]) and healthy
+            else "degraded"
+            if healthy
+            else "unhealthy",
             "healthy_providers": healthy,
             "providers": providers,
             "plan_version": plan.version,

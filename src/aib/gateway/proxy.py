@@ -20,8 +20,9 @@ import orjson
 
 from aib.config.plan import Group, ProviderInfo, RoutingPlan, Target
 from aib.gateway.errors import GatewayError, bad_request, envelope, model_not_found, upstream_failed
-from aib.observe.records import Attempt, RequestRecord
 from aib.gateway.upstream import UpstreamPool
+from aib.observe.records import Attempt, RequestRecord
+from aib.providers import kind_for
 from aib.routing import balance
 from aib.routing.state import RuntimeState
 
@@ -29,7 +30,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 # what each endpoint must carry besides `model`, and the type it must have
-REQUIRED = {"chat/completions": ("messages", list), "completions": ("prompt", (str, list)), "embeddings": ("input", (str, list))}
+REQUIRED = {
+    "chat/completions": ("messages", list),
+    "completions": ("prompt", (str, list)),
+    "embeddings": ("input", (str, list)),
+}
 STREAMABLE = frozenset({"chat/completions", "completions"})
 SSE_DONE = b"data: [DONE]"
 
@@ -191,6 +196,12 @@ class Proxy:
         body["model"] = target.upstream
         for k, v in group.params.items():
             body.setdefault(k, v)
+        strip_usage = False
+        if stream and kind_for(info.type).stream_usage:
+            opts = body.get("stream_options")
+            if not (isinstance(opts, dict) and opts.get("include_usage")):
+                body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+                strip_usage = True
         data = orjson.dumps(body)
         headers = dict(self.pool.headers(info))
         headers["x-request-id"] = record.request_id
@@ -215,17 +226,37 @@ class Proxy:
                 if resp.status >= 400 or not stream or resp.status != 200:
                     async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
                         rest = await resp.read()
-                    return await self._finish_plain(info, group, target, resp, rest, attempt, record, send, stats)
-                return await self._finish_stream(info, target, resp, first, attempt, record, receive, send, stats)
+                    return await self._finish_plain(
+                        info, group, target, resp, rest, attempt, record, send, stats
+                    )
+                return await self._finish_stream(
+                    info, target, resp, first, attempt, record, receive, send, stats, strip_usage
+                )
             except TimeoutError:
                 what = "first byte" if attempt.ttfb_s is None else "end of response"
                 return self._fail(
-                    stats, attempt, 504, f"{info.name} did not answer within the time limit ({what})", "upstream_timeout"
+                    stats,
+                    attempt,
+                    504,
+                    f"{info.name} did not answer within the time limit ({what})",
+                    "upstream_timeout",
                 )
             except aiohttp.ClientConnectorError as exc:
-                return self._fail(stats, attempt, 502, f"cannot connect to {info.name} at {info.base_url}: {exc.os_error}", "upstream_unreachable")
+                return self._fail(
+                    stats,
+                    attempt,
+                    502,
+                    f"cannot connect to {info.name} at {info.base_url}: {exc.os_error}",
+                    "upstream_unreachable",
+                )
             except (aiohttp.ClientError, OSError) as exc:
-                return self._fail(stats, attempt, 502, f"{info.name} broke the connection: {type(exc).__name__} {exc}".strip(), "upstream_connection_error")
+                return self._fail(
+                    stats,
+                    attempt,
+                    502,
+                    f"{info.name} broke the connection: {type(exc).__name__} {exc}".strip(),
+                    "upstream_connection_error",
+                )
         finally:
             stats.inflight -= 1
             attempt.duration_s = loop.time() - start
@@ -234,7 +265,14 @@ class Proxy:
                 resp.release()
 
     def _fail(
-        self, stats: Any, attempt: Attempt, status: int, message: str, code: str, retry_after: float | None = None, retriable: bool = True
+        self,
+        stats: Any,
+        attempt: Attempt,
+        status: int,
+        message: str,
+        code: str,
+        retry_after: float | None = None,
+        retriable: bool = True,
     ) -> Failure:
         attempt.error = message
         stats.failures += 1
@@ -259,7 +297,14 @@ class Proxy:
             detail = _error_detail(data)
             retry_after = _retry_after(resp.headers) if status in (429, 503) else None
             code = "upstream_rate_limited" if status == 429 else "upstream_error"
-            fail = self._fail(stats, attempt, 502 if status != 429 else 429, f"{info.name} answered {status}{detail}", code, retry_after)
+            fail = self._fail(
+                stats,
+                attempt,
+                502 if status != 429 else 429,
+                f"{info.name} answered {status}{detail}",
+                code,
+                retry_after,
+            )
             if retry_after is not None and status == 429:
                 fail.error.headers["retry-after"] = str(max(int(retry_after + 0.999), 1))
             return fail
@@ -273,12 +318,18 @@ class Proxy:
             attempt.error = f"{info.name} answered {status}{_error_detail(data)}"
             attempt.ok = True
             if not (isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)):
-                data = envelope(f"{info.name} rejected the request ({status}){_error_detail(data)}", "invalid_request_error", "upstream_rejected")
+                data = envelope(
+                    f"{info.name} rejected the request ({status}){_error_detail(data)}",
+                    "invalid_request_error",
+                    "upstream_rejected",
+                )
             await self._respond(send, status, data, target, record)
             return None
         if not isinstance(parsed, dict):
             what = "non-JSON" if "json" in ctype else f"content type {ctype or 'none'!r}"
-            return self._fail(stats, attempt, 502, f"{info.name} sent an unusable answer ({what})", "upstream_bad_response")
+            return self._fail(
+                stats, attempt, 502, f"{info.name} sent an unusable answer ({what})", "upstream_bad_response"
+            )
         stats.breaker.success()
         if attempt.ttfb_s is not None:
             stats.observe_ttfb(attempt.ttfb_s)
@@ -290,7 +341,9 @@ class Proxy:
         await self._respond(send, status, data, target, record)
         return None
 
-    async def _respond(self, send: Send, status: int, data: bytes, target: Target, record: RequestRecord) -> None:
+    async def _respond(
+        self, send: Send, status: int, data: bytes, target: Target, record: RequestRecord
+    ) -> None:
         record.status = status
         record.provider, record.upstream = target.provider, target.upstream
         headers = self._headers(b"application/json", target, record)
@@ -319,11 +372,18 @@ class Proxy:
         receive: Receive,
         send: Send,
         stats: Any,
+        strip_usage: bool,
     ) -> Failure | None:
         ctype = resp.headers.get("content-type", "")
         if "text/event-stream" not in ctype or not first:
             what = f"content type {ctype or 'none'!r}" if first else "an empty stream"
-            return self._fail(stats, attempt, 502, f"{info.name} answered a streaming request with {what}", "upstream_bad_response")
+            return self._fail(
+                stats,
+                attempt,
+                502,
+                f"{info.name} answered a streaming request with {what}",
+                "upstream_bad_response",
+            )
         if attempt.ttfb_s is not None:
             stats.observe_ttfb(attempt.ttfb_s)
         record.status = 200
@@ -332,17 +392,15 @@ class Proxy:
         headers.append((b"cache-control", b"no-cache"))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            record.ttfb_s = time.time() - record.started_at
-            await send({"type": "http.response.body", "body": first, "more_body": True})
         except OSError:
             record.client_disconnected = True
             stats.breaker.release()
             return None
         # from here on the client has bytes: no retry, whatever happens
-        pump = asyncio.ensure_future(self._pump(info, resp, first, attempt, record, send, stats))
+        pump = asyncio.ensure_future(self._pump(info, resp, first, attempt, record, send, stats, strip_usage))
         gone = asyncio.ensure_future(receive())
         try:
-            done, _ = await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not pump.done():
                 pump.cancel()
@@ -364,13 +422,38 @@ class Proxy:
         record: RequestRecord,
         send: Send,
         stats: Any,
+        strip_usage: bool,
     ) -> None:
-        tail = first[-64:]
+        """Forward whole SSE events as they arrive; bytes are not re-encoded.
+
+        Only complete events are sent (a chunk may end mid-event), so an error event appended after a
+        broken stream always starts on an event boundary.
+        """
+        pending = b""
+        done = False
         error: str | None = None
+        chunks = resp.content.iter_any().__aiter__()
+        chunk = first
         try:
-            async for chunk in resp.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                tail = (tail + chunk)[-64:]
+            while True:
+                data = pending + chunk if pending else chunk
+                cut = _last_event_end(data)
+                if cut == 0:
+                    pending = data
+                else:
+                    out, pending = data[:cut], data[cut:]
+                    if b'"usage":{' in out or b'"usage": {' in out:  # not the `"usage": null` of every chunk
+                        out = _take_usage(out, record, strip_usage)
+                    if not done and SSE_DONE in out:
+                        done = True
+                    if out:
+                        if record.ttfb_s is None:
+                            record.ttfb_s = time.time() - record.started_at
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
         except TimeoutError:
             error = f"{info.name} stopped sending mid-stream (no data within the read timeout)"
         except (aiohttp.ClientError, ConnectionError) as exc:
@@ -379,7 +462,11 @@ class Proxy:
             record.client_disconnected = True
             stats.breaker.release()
             return
-        if error is None and SSE_DONE not in tail:
+        if error is None and pending.strip():
+            with contextlib.suppress(OSError):  # a last event without its blank line
+                await send({"type": "http.response.body", "body": pending + b"\n\n", "more_body": True})
+            done = done or SSE_DONE in pending
+        if error is None and not done:
             error = f"{info.name} ended the stream before [DONE]"
         if error is not None:
             attempt.error = error
@@ -396,6 +483,36 @@ class Proxy:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+def _last_event_end(data: bytes) -> int:
+    """Index just past the last complete SSE event in ``data`` (0 when there is none)."""
+    a = data.rfind(b"\n\n")
+    b = data.rfind(b"\r\n\r\n")
+    return max(a + 2 if a >= 0 else 0, b + 4 if b >= 0 else 0)
+
+
+def _take_usage(out: bytes, record: RequestRecord, strip: bool) -> bytes:
+    """Read token usage from the stream's usage event; drop that event when the client did not ask."""
+    kept = []
+    for event in out.split(b"\n\n"):
+        if event.startswith(b"data: {") and (b'"usage":{' in event or b'"usage": {' in event):
+            try:
+                obj = orjson.loads(event[6:])
+            except orjson.JSONDecodeError:
+                kept.append(event)
+                continue
+            usage = obj.get("usage") if isinstance(obj, dict) else None
+            if isinstance(usage, dict):
+                record.prompt_tokens = usage.get("prompt_tokens")
+                record.completion_tokens = usage.get("completion_tokens")
+                if strip and not obj.get("choices"):
+                    continue
+                if strip:  # usage riding on a content chunk: keep the chunk, hide the usage
+                    obj["usage"] = None
+                    event = b"data: " + orjson.dumps(obj)
+        kept.append(event)
+    return b"\n\n".join(kept)
+
+
 def _error_detail(data: bytes) -> str:
     if not data:
         return ""
@@ -406,7 +523,13 @@ def _error_detail(data: bytes) -> str:
         return f": {text}" if text else ""
     if isinstance(parsed, dict):
         err = parsed.get("error")
-        msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else parsed.get("detail")
+        msg = (
+            err.get("message")
+            if isinstance(err, dict)
+            else err
+            if isinstance(err, str)
+            else parsed.get("detail")
+        )
         if msg:
             return f": {str(msg)[:300]}"
     return ""

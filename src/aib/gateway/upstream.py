@@ -31,7 +31,10 @@ class UpstreamPool:
         if entry is not None:  # same name, new address: drain the old pool in the background
             self._retire(entry[1])
         connector = aiohttp.TCPConnector(
-            limit=info.max_connections, limit_per_host=info.max_connections, ttl_dns_cache=300, keepalive_timeout=30
+            limit=info.max_connections,
+            limit_per_host=info.max_connections,
+            ttl_dns_cache=300,
+            keepalive_timeout=30,
         )
         sess = aiohttp.ClientSession(
             connector=connector,

@@ -7,7 +7,9 @@ from aib.providers.base import ProviderKind
 from aib.providers.ollama import Ollama
 from aib.providers.openai_compat import LlamaCpp, OpenAI, OpenAICompatible, Vllm
 
-KINDS: dict[str, ProviderKind] = {k.type: k for k in (Ollama(), LlamaCpp(), Vllm(), OpenAI(), Anthropic(), OpenAICompatible())}
+KINDS: dict[str, ProviderKind] = {
+    k.type: k for k in (Ollama(), LlamaCpp(), Vllm(), OpenAI(), Anthropic(), OpenAICompatible())
+}
 
 
 def kind_for(provider_type: str) -> ProviderKind:

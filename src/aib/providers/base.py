@@ -15,6 +15,10 @@ from aib.config.plan import ProviderInfo
 class ProviderKind:
     type: ClassVar[str] = ""
     discovery_path: ClassVar[str] = "/v1/models"  # relative to base_url
+    # Does the server honour `stream_options.include_usage`? Then the gateway asks for usage on every
+    # stream (for token metrics) and strips that chunk when the client did not ask for it. Unknown
+    # servers are not sent a field they might reject.
+    stream_usage: ClassVar[bool] = False
 
     def auth_headers(self, info: ProviderInfo) -> dict[str, str]:
         key = os.environ.get(info.api_key_env) if info.api_key_env else None

@@ -14,6 +14,7 @@ from aib.providers.base import ProviderKind
 class Ollama(ProviderKind):
     type: ClassVar[str] = "ollama"
     discovery_path: ClassVar[str] = "/api/tags"
+    stream_usage: ClassVar[bool] = True  # /v1 supports stream_options.include_usage
 
     def parse_models(self, payload: Any) -> tuple[str, ...]:
         models = payload.get("models") if isinstance(payload, dict) else None

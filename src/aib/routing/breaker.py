@@ -13,7 +13,15 @@ BreakerState = Literal["closed", "open", "half_open"]
 
 
 class CircuitBreaker:
-    __slots__ = ("_trial_in_flight", "consecutive_failures", "cooldown_s", "last_error", "opened_until", "state", "threshold")
+    __slots__ = (
+        "_trial_in_flight",
+        "consecutive_failures",
+        "cooldown_s",
+        "last_error",
+        "opened_until",
+        "state",
+        "threshold",
+    )
 
     def __init__(self, threshold: int = 5, cooldown_s: float = 30.0) -> None:
         self.threshold = threshold
