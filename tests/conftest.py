@@ -1,0 +1,61 @@
+"""Shared fixtures: a real small model, two real llama.cpp servers, a contract fake of Ollama.
+
+Every process a fixture starts is stopped by that fixture, by PID.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aib.devtools.fake_ollama import FakeOllama
+from aib.devtools.llamacpp import LlamaCppServer, free_port, llamacpp_available
+from aib.devtools.models import ensure_model
+
+
+@pytest.fixture(scope="session")
+def smollm_model() -> Path:
+    """Path of SmolLM2-135M-Instruct.Q4_1.gguf in the model cache (downloaded once, ~93 MB)."""
+    return ensure_model()
+
+
+@pytest.fixture(scope="session")
+def llama_servers(
+    smollm_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[LlamaCppServer]]:
+    """Two real llama.cpp servers (alias ``smollm2``) on free ports, started in parallel and warmed up."""
+    if not llamacpp_available():
+        message = "llama-cpp-python[server] is not installed (pip install -e '.[llamacpp]')"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    logs = tmp_path_factory.mktemp("llamacpp-logs")
+    ports: list[int] = []
+    while len(ports) < 2:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    servers = [
+        LlamaCppServer(smollm_model, alias="smollm2", port=p, log_path=logs / f"llamacpp-{p}.log")
+        for p in ports
+    ]
+    try:
+        for srv in servers:
+            srv.start(wait=False)
+        for srv in servers:
+            srv.wait_ready()
+            srv.warm_up()  # the first request is ~10x slower than the next ones
+        yield servers
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_ollama() -> Iterator[FakeOllama]:
+    """The Ollama contract fake on a free port (``.base_url``; OpenAI API under ``/v1``)."""
+    with FakeOllama().serve_in_thread() as fake:
+        yield fake
