@@ -18,10 +18,14 @@ def register(app: typer.Typer) -> None:
 
 def serve(
     config_dir: ConfigDirOpt = None,
-    host: Annotated[str, typer.Option(help="Address to bind. Keep 127.0.0.1 unless you mean to expose it.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind. Keep 127.0.0.1 unless you mean to expose it.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 4000,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-    no_health_checks: Annotated[bool, typer.Option("--no-health-checks", help="Do not probe providers.")] = False,
+    no_health_checks: Annotated[
+        bool, typer.Option("--no-health-checks", help="Do not probe providers.")
+    ] = False,
 ) -> None:
     """Start the gateway (native engine) on HOST:PORT.
 
@@ -32,7 +36,12 @@ def serve(
     from aib.gateway.settings import GatewaySettings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = GatewaySettings(host=host, port=port, config_dir=Path(config_dir) if config_dir else None, health_checks=not no_health_checks)
+    settings = GatewaySettings(
+        host=host,
+        port=port,
+        config_dir=Path(config_dir) if config_dir else None,
+        health_checks=not no_health_checks,
+    )
     with config_errors():
         run(settings, log_level=log_level)
 
@@ -57,6 +66,12 @@ def health(gateway: GatewayOpt = "http://127.0.0.1:4000", as_json: JsonOpt = Fal
             table.add_column(col)
         for name, p in data.get("providers", {}).items():
             style = {"healthy": "green", "unhealthy": "red"}.get(p["status"], "yellow")
-            table.add_row(name, p["type"], f"[{style}]{p['status']}[/{style}]", str(p.get("last_probe_latency_ms") or "-"), p.get("last_error") or "")
+            table.add_row(
+                name,
+                p["type"],
+                f"[{style}]{p['status']}[/{style}]",
+                str(p.get("last_probe_latency_ms") or "-"),
+                p.get("last_error") or "",
+            )
         console.print(table)
     raise typer.Exit(0 if status == 200 else 1)

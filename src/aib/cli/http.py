@@ -13,10 +13,18 @@ class GatewayDown(Exception):
     pass
 
 
-def request_json(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def request_json(
+    url: str,
+    method: str = "GET",
+    body: Any = None,
+    timeout: float = 5.0,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     """(status, parsed JSON or None). Raises :class:`GatewayDown` when nothing answers."""
     data = orjson.dumps(body) if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()

@@ -135,8 +135,11 @@ class _Checker:
 
     def check_aliases(self) -> None:
         claimed: dict[str, str] = {}
+        reserved = f"names starting with {CAPABILITY_PREFIX!r} are reserved"
         for name, route in self.m.models.items():
             for i, a in enumerate(route.aliases):
+                if a.startswith(CAPABILITY_PREFIX):
+                    self.add("m", ("models", name, "aliases", i), reserved)
                 if a in self.m.models:
                     self.add("m", ("models", name, "aliases", i), f"alias {a!r} is also a model name")
                 elif a in claimed:
@@ -145,6 +148,8 @@ class _Checker:
                     )
                 claimed[a] = name
         for a, target in self.m.aliases.items():
+            if a.startswith(CAPABILITY_PREFIX):
+                self.add("m", ("aliases", a), reserved)
             if a in self.m.models:
                 self.add("m", ("aliases", a), f"alias {a!r} is also a model name")
             elif a in claimed and claimed[a] != target:

@@ -48,7 +48,9 @@ def _timeouts(base: Timeouts, route: Route) -> Timeouts:
     return base.model_copy(update=patch)
 
 
-def _flatten(name: str, direct: dict[str, list[str]], aliases: dict[str, str], tail: tuple[str, ...]) -> tuple[str, ...]:
+def _flatten(
+    name: str, direct: dict[str, list[str]], aliases: dict[str, str], tail: tuple[str, ...]
+) -> tuple[str, ...]:
     """Depth-first chain of fallbacks (transitive), each route once, the route itself excluded."""
     out: list[str] = []
     seen = {name}
@@ -123,7 +125,8 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
             regex=glob_regex(pat.match),
             provider=pat.provider,
             upstream=pat.upstream,
-            fallbacks=tuple(aliases.get(f, f) for f in pat.fallbacks),
+            # "" is never a route name: the pattern's own chain, flattened like a route's
+            fallbacks=_flatten("", {**direct, "": list(pat.fallbacks)}, aliases, m.default_fallbacks),
             index=i,
         )
         for i, pat in enumerate(m.patterns)
@@ -151,6 +154,7 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
         default_max_attempts=d.retries.max_attempts,
         default_retry_on_status=frozenset(d.retries.retry_on_status),
         default_strategy=d.strategy,
+        default_fallbacks=tuple(dict.fromkeys(aliases.get(f, f) for f in m.default_fallbacks)),
     )
 
 

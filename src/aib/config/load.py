@@ -54,7 +54,7 @@ def resolve_config_dir(config_dir: str | Path | None) -> Path:
 def display_name(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, RuntimeError, OSError):  # not under cwd, or a symlink loop (RuntimeError on 3.11)
         return str(path)
 
 

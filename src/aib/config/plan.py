@@ -145,7 +145,7 @@ class RoutingPlan:
     default_max_attempts: int
     default_retry_on_status: frozenset[int]
     default_strategy: str
-    default_fallbacks: tuple[str, ...] = ()  # appended to discovered models' chains (patterns have it compiled in)
+    default_fallbacks: tuple[str, ...] = ()  # end of discovered models' chains (compiled into patterns')
     discovered: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # provider -> models
     _pattern_cache: dict[str, Resolution | None] = field(default_factory=dict, repr=False, compare=False)
 

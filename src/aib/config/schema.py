@@ -22,7 +22,16 @@ ModelName = Annotated[str, Field(min_length=1, max_length=200)]
 
 # The request-side prefix that asks for a capability instead of a model ("capability/code").
 CAPABILITY_PREFIX = "capability/"
-KNOWN_CAPABILITIES = ("chat", "completion", "embeddings", "code", "vision", "tools", "reasoning", "long_context")
+KNOWN_CAPABILITIES = (
+    "chat",
+    "completion",
+    "embeddings",
+    "code",
+    "vision",
+    "tools",
+    "reasoning",
+    "long_context",
+)
 
 
 class Strict(BaseModel):
@@ -213,7 +222,9 @@ class Retries(Strict):
 
 
 class Breaker(Strict):
-    failure_threshold: int = Field(5, ge=1, le=1000, description="Consecutive failures that open the breaker.")
+    failure_threshold: int = Field(
+        5, ge=1, le=1000, description="Consecutive failures that open the breaker."
+    )
     cooldown_s: float = Field(
         30.0, gt=0, le=3600, description="Seconds the breaker stays open before one trial request."
     )
@@ -230,7 +241,9 @@ class Deployment(Strict):
     """One place a model can be served: a provider and the provider's name for it."""
 
     provider: ProviderName
-    upstream: ModelName | None = Field(None, description="The provider's model name. Default: the route name.")
+    upstream: ModelName | None = Field(
+        None, description="The provider's model name. Default: the route name."
+    )
     weight: float = Field(1.0, ge=0, description="Share of traffic under the 'weighted' strategy.")
 
 

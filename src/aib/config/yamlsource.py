@@ -66,6 +66,8 @@ def read_yaml(path: Path, display: str) -> tuple[YamlDoc | None, list[ConfigIssu
     try:
         if path.is_dir():
             return None, [ConfigIssue(display, None, "", "is a directory, expected a YAML file")]
+        if path.exists() and not path.is_file():  # a FIFO or device would block or never end
+            return None, [ConfigIssue(display, None, "", "is not a regular file, expected a YAML file")]
         raw = path.read_bytes()
     except FileNotFoundError:
         return None, [ConfigIssue(display, None, "", "file not found")]
@@ -89,8 +91,13 @@ def parse_yaml(raw: bytes, display: str) -> tuple[YamlDoc | None, list[ConfigIss
         data = yaml.load(io.StringIO(text))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
         msg = " ".join(p for p in (exc.context, exc.problem) if p)
+        opened = any(f" a {what}" in msg for what in ("quoted scalar", "flow sequence", "flow mapping"))
+        if opened and exc.context_mark is not None and ("end of stream" in msg or "<stream end>" in msg):
+            # an unclosed quote or bracket: point where it opens, not at the end of the file
+            mark = exc.context_mark
+            msg += " (a quote or bracket opened here is never closed)"
+        line = mark.line + 1 if mark is not None else None
         if "found character '\\t'" in msg or "\\t" in msg:
             msg += " (YAML does not allow tabs for indentation; use spaces)"
         if "found duplicate key" in msg:
@@ -99,7 +106,7 @@ def parse_yaml(raw: bytes, display: str) -> tuple[YamlDoc | None, list[ConfigIss
     except YAMLError as exc:  # pragma: no cover - ruamel raises marked errors for all syntax problems
         return None, [ConfigIssue(display, None, "", f"YAML error: {exc}")]
     if not isinstance(data, CommentedMap):
-        kind = type(data).__name__ if data is not None else "nothing"
+        kind = "a list" if isinstance(data, list) else type(data).__name__ if data is not None else "nothing"
         return None, [ConfigIssue(display, 1, "", f"the top level must be a mapping, found {kind}")]
     return YamlDoc(display, raw, data), []
 
