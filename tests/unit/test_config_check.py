@@ -356,3 +356,15 @@ def test_errors_stop_compile_and_build(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         compile_plan(load_config(tmp_path))
     assert "nowhere" not in compile_plan(load_config(tmp_path), check=False).groups
+
+
+def test_pattern_on_reserved_capability_prefix(tmp_path: Path) -> None:
+    text = MAPPINGS + "patterns:\n  - match: 'capability/vis*'\n    provider: vllm\n"
+    assert findings(tmp_path, text) == [
+        m(
+            9,
+            "patterns[0].match",
+            "names starting with 'capability/' are reserved for capability requests and never reach "
+            "patterns; use `capabilities:` rules instead",
+        )
+    ]

@@ -77,8 +77,12 @@ def test_shipped_config_validates_and_compiles() -> None:
     assert cfg.sources_hash == plan.version
 
 
-@pytest.mark.parametrize("name", [PROVIDERS_FILE, MAPPINGS_FILE])
+@pytest.mark.parametrize(
+    "name",
+    [PROVIDERS_FILE, MAPPINGS_FILE, "schemas/providers.schema.json", "schemas/model-mappings.schema.json"],
+)
 def test_packaged_defaults_are_the_shipped_config(name: str) -> None:
+    # `aib serve` with no config/ folder runs on the package copy; it must be the same bytes
     assert (DEFAULTS_DIR / name).read_bytes() == (REPO / "config" / name).read_bytes()
 
 

@@ -87,8 +87,6 @@ patterns:
   - match: "whole-?"
     provider: vllm
     upstream: "served-{0}"
-  - match: "capability/vis*"
-    provider: vllm
 capabilities:
   code:
     prefer: [coder]
@@ -151,8 +149,8 @@ def test_resolution_order(plan: RoutingPlan) -> None:
         "o/y": "pattern",
     }
     assert live.resolve("mistral").rule == "discovered on ollama"  # type: ignore[union-attr]
-    # a pattern comes before capability/<x> (that is why capability/ names should not match a pattern)
-    assert plan.resolve("capability/vision").matched_by == "pattern"  # type: ignore[union-attr]
+    # capability/ is reserved: a catch-all pattern never takes it, an unknown capability is a miss
+    assert plan.resolve("capability/vision") is None
     assert plan.resolve("capability/code").matched_by == "capability"  # type: ignore[union-attr]
 
 

@@ -20,7 +20,7 @@ ConfigDirOpt = Annotated[
         "--config-dir",
         "-c",
         envvar="AIB_CONFIG_DIR",
-        help="Folder holding providers.yaml and model-mappings.yaml [default: config/].",
+        help="Folder holding providers.yaml and model-mappings.yaml (default: config/).",
         show_default=False,
     ),
 ]

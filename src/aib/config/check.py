@@ -79,7 +79,9 @@ class _Checker:
         seen: dict[tuple[str, int], str] = {}
         for name, prov in self.p.providers.items():
             hp = prov.host_port
-            if hp in seen:
+            if prov.type in ("openai", "anthropic"):
+                pass  # one cloud API, several keys or organisations: a legitimate setup
+            elif hp in seen:
                 self.add(
                     "p",
                     ("providers", name, "base_url"),
@@ -213,6 +215,13 @@ class _Checker:
     def check_patterns(self) -> None:
         pats = self.m.patterns
         for j, later in enumerate(pats):
+            if later.match.startswith(CAPABILITY_PREFIX):
+                self.add(
+                    "m",
+                    ("patterns", j, "match"),
+                    f"names starting with {CAPABILITY_PREFIX!r} are reserved for capability requests "
+                    "and never reach patterns; use `capabilities:` rules instead",
+                )
             for i in range(j):
                 if glob_shadows(pats[i].match, later.match):
                     self.add(

@@ -147,12 +147,12 @@ class RoutingPlan:
     default_strategy: str
     default_fallbacks: tuple[str, ...] = ()  # end of discovered models' chains (compiled into patterns')
     discovered: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # provider -> models
-    _pattern_cache: dict[str, Resolution | None] = field(default_factory=dict, repr=False, compare=False)
+    _pattern_cache: dict[str, Resolution] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ resolve
 
     def resolve(self, name: str) -> Resolution | None:
-        """Exact name, then alias, then a discovered model, then patterns, then ``capability/<x>``."""
+        """Exact name, alias, discovered model; then ``capability/<x>`` (a reserved prefix), then patterns."""
         group = self.groups.get(name)
         if group is not None:
             kind: MatchKind = "discovered" if group.origin == "discovered" else "exact"
@@ -162,15 +162,16 @@ class RoutingPlan:
         if target is not None:
             group = self.groups[target]
             return Resolution(name, "alias", f"alias {name!r} -> {target!r}", group, self._fallbacks(group))
-        cached = self._pattern_cache.get(name, False)
-        if cached is not False:
-            return cached  # type: ignore[return-value]
+        if name.startswith(CAPABILITY_PREFIX):  # reserved: never handed to patterns
+            return self._resolve_capability(name)
+        cached = self._pattern_cache.get(name)
+        if cached is not None:
+            return cached
         res = self._resolve_pattern(name)
-        if res is None and name.startswith(CAPABILITY_PREFIX):
-            res = self._resolve_capability(name)
-        if len(self._pattern_cache) >= _PATTERN_CACHE_SIZE:
-            self._pattern_cache.clear()
-        self._pattern_cache[name] = res
+        if res is not None:  # misses are not cached: random unknown names cannot evict hits
+            if len(self._pattern_cache) >= _PATTERN_CACHE_SIZE:
+                del self._pattern_cache[next(iter(self._pattern_cache))]  # oldest first
+            self._pattern_cache[name] = res
         return res
 
     def _fallbacks(self, group: Group) -> tuple[Group, ...]:

@@ -216,7 +216,7 @@ class Retries(Strict):
     max_attempts: int = Field(
         3, ge=1, le=20, description="Upstream attempts per request, across deployments and fallbacks."
     )
-    retry_on_status: tuple[int, ...] = Field(
+    retry_on_status: tuple[Annotated[int, Field(ge=100, le=599)], ...] = Field(
         (429, 500, 502, 503, 504), description="Upstream statuses that move on to the next candidate."
     )
 
