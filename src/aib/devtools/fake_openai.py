@@ -43,11 +43,12 @@ class Config:
 
 @dataclass(slots=True)
 class Request:
-    method: bytes
-    path: bytes
-    request_id: bytes | None
-    force_status: int | None
-    keep_alive: bool
+    url: bytes = b""
+    path: bytes = b""
+    method: bytes = b""
+    request_id: bytes | None = None
+    force_status: int | None = None
+    keep_alive: bool = True
     body: bytearray = field(default_factory=bytearray)
 
 
@@ -84,10 +85,7 @@ class FakeOpenAI(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending: deque[Request] = deque()  # pipelined requests, answered in order
         self.task: asyncio.Task[None] | None = None  # a slow stream in progress
-        self.cur: Request | None = None
-        self.url = b""
-        self.req_id: bytes | None = None
-        self.force: int | None = None
+        self.cur = Request()
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -102,37 +100,33 @@ class FakeOpenAI(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            self._write(400, b'{"error":{"message":"bad http request"}}', None, False)
+            self._write(Request(keep_alive=False), 400, b'{"error":{"message":"bad http request"}}')
             return
         self._drain()
 
     # ---- httptools callbacks ----
     def on_message_begin(self) -> None:
-        self.url, self.req_id, self.force = b"", None, None
+        self.cur = Request()
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        self.cur.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
         if lname == b"x-request-id":
-            self.req_id = value
+            self.cur.request_id = value
         elif lname == b"x-fake-status":
-            self.force = int(value)
+            self.cur.force_status = int(value)
 
     def on_headers_complete(self) -> None:
-        p = self.parser
-        path = self.url.split(b"?", 1)[0]
-        self.cur = Request(p.get_method(), path, self.req_id, self.force, p.should_keep_alive())
+        self.cur.path = self.cur.url.split(b"?", 1)[0]
+        self.cur.method, self.cur.keep_alive = self.parser.get_method(), self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
-        assert self.cur is not None
         self.cur.body += body
 
     def on_message_complete(self) -> None:
-        assert self.cur is not None
         self.pending.append(self.cur)
-        self.cur = None
 
     # ---- responses ----
     def _drain(self) -> None:
@@ -146,12 +140,12 @@ class FakeOpenAI(asyncio.Protocol):
         self.task = None
         self._drain()
 
-    def _head(self, status: int, ctype: bytes, req_id: bytes | None, keep: bool) -> bytearray:
+    def _head(self, req: Request, status: int, ctype: bytes) -> bytearray:
         head = bytearray(b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode()))
         head += b"content-type: " + ctype + b"\r\n" + self.port_header
-        if req_id is not None:
-            head += b"x-request-id: " + req_id + b"\r\n"
-        if not keep:
+        if req.request_id is not None:
+            head += b"x-request-id: " + req.request_id + b"\r\n"
+        if not req.keep_alive:
             head += b"connection: close\r\n"
         return head
 
@@ -161,13 +155,12 @@ class FakeOpenAI(asyncio.Protocol):
             if not keep:
                 self.transport.close()
 
-    def _write(self, status: int, body: bytes, req_id: bytes | None, keep: bool) -> None:
-        head = self._head(status, b"application/json", req_id, keep)
-        head += b"content-length: %d\r\n\r\n" % len(body)
-        self._send(bytes(head + body), keep)
+    def _write(self, req: Request, status: int, body: bytes) -> None:
+        head = self._head(req, status, b"application/json") + b"content-length: %d\r\n\r\n" % len(body)
+        self._send(bytes(head + body), req.keep_alive)
 
     def _json(self, req: Request, obj: Any, status: int = 200) -> None:
-        self._write(status, orjson.dumps(obj), req.request_id, req.keep_alive)
+        self._write(req, status, orjson.dumps(obj))
 
     def _error(self, req: Request, status: int, message: str) -> None:
         err = {"message": message, "type": "fake_error", "param": None, "code": status}
@@ -175,10 +168,10 @@ class FakeOpenAI(asyncio.Protocol):
 
     def _handle(self, req: Request) -> Coroutine[Any, Any, None] | None:
         """Answer ``req`` now, or return a coroutine that streams it (only with --chunk-delay-ms)."""
-        if req.force_status is not None and req.force_status >= 400:
-            self._error(req, req.force_status, f"forced status {req.force_status}")
+        if (req.force_status or 0) >= 400:
+            self._error(req, req.force_status or 500, f"forced status {req.force_status}")
         elif req.method == b"GET" and req.path == b"/health":
-            self._write(200, b'{"status":"ok"}', req.request_id, req.keep_alive)
+            self._write(req, 200, b'{"status":"ok"}')
         elif req.method == b"GET" and req.path == b"/v1/models":
             model = {"id": self.cfg.model, "object": "model", "created": 0, "owned_by": "fake"}
             self._json(req, {"object": "list", "data": [model]})
@@ -244,7 +237,7 @@ class FakeOpenAI(asyncio.Protocol):
         if include_usage:
             events.append(event([], usage))
         events.append(b"data: [DONE]\n\n")
-        head = self._head(200, b"text/event-stream", req.request_id, req.keep_alive)
+        head = self._head(req, 200, b"text/event-stream")
         head += b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
         if cfg.chunk_delay <= 0:
             self._send(bytes(head) + b"".join(map(_chunk, events)) + b"0\r\n\r\n", req.keep_alive)

@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from aib.config.plan import Group, ProviderInfo, RoutingPlan, Target
 from aib.gateway.errors import GatewayError, bad_request, envelope, model_not_found, upstream_failed
+from aib.gateway.httpclient import ConnectError, Response, UpstreamError
 from aib.gateway.upstream import UpstreamPool
 from aib.observe.records import Attempt, RequestRecord
 from aib.providers import kind_for
@@ -65,6 +65,8 @@ def parse_request(endpoint: str, body: bytes) -> tuple[dict[str, Any], str, bool
         raise bad_request("Missing required parameter: 'model'.", "model", "missing_required_parameter")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' must be a non-empty string.", "model", "invalid_type")
+    if not model.isprintable():  # a pattern copies it into the x-aib-model response header
+        raise bad_request("'model' must not contain control characters.", "model", "invalid_value")
     field, kind = REQUIRED[endpoint]
     if field not in payload:
         raise bad_request(f"Missing required parameter: {field!r}.", field, "missing_required_parameter")
@@ -86,8 +88,12 @@ def _retry_after(headers: Any) -> float | None:
     try:
         return max(float(raw), 0.0)
     except ValueError:
-        when = email.utils.parsedate_to_datetime(raw) if raw else None
-        return max(when.timestamp() - time.time(), 0.0) if when else None
+        pass
+    try:  # an HTTP date; anything else is ignored (never a reason to fail the request)
+        when = email.utils.parsedate_to_datetime(raw)
+    except (ValueError, TypeError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
 
 
 class Proxy:
@@ -203,60 +209,37 @@ class Proxy:
                 body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
                 strip_usage = True
         data = orjson.dumps(body)
-        headers = dict(self.pool.headers(info))
-        headers["x-request-id"] = record.request_id
-        session = self.pool.session(info)
+        pool = self.pool.http(info)
+        head = self.pool.head(info, endpoint)
+        extra = b"x-request-id: %s\r\n" % record.request_id.encode()
         t = group.timeouts
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.first_byte_s)
-        url = f"{info.api_base}/{endpoint}"
         start = loop.time()
         stats.inflight += 1
         stats.requests += 1
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         try:
             try:
                 async with asyncio.timeout(max(min(t.first_byte_s, deadline - start), 0.001)):
-                    resp = await session.post(url, data=data, headers=headers, timeout=timeout)
-                    if stream and resp.status == 200:
-                        first = await resp.content.readany()
-                    else:
-                        first = b""
+                    resp = await pool.request(head, data, extra, t.connect_s)
+                    first = await resp.readany() if stream and resp.status == 200 else b""
                 attempt.ttfb_s = loop.time() - start
                 attempt.status = resp.status
-                if resp.status >= 400 or not stream or resp.status != 200:
+                if not stream or resp.status != 200:
                     async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
                         rest = await resp.read()
-                    return await self._finish_plain(
-                        info, group, target, resp, rest, attempt, record, send, stats
-                    )
+                    return await self._finish_plain(info, group, target, resp, rest, attempt, record, send, stats)
                 return await self._finish_stream(
-                    info, target, resp, first, attempt, record, receive, send, stats, strip_usage
+                    info, target, resp, first, attempt, record, receive, send, stats, strip_usage, t.first_byte_s
                 )
             except TimeoutError:
                 what = "first byte" if attempt.ttfb_s is None else "end of response"
                 return self._fail(
-                    stats,
-                    attempt,
-                    504,
-                    f"{info.name} did not answer within the time limit ({what})",
-                    "upstream_timeout",
+                    stats, attempt, 504, f"{info.name} did not answer within the time limit ({what})", "upstream_timeout"
                 )
-            except aiohttp.ClientConnectorError as exc:
-                return self._fail(
-                    stats,
-                    attempt,
-                    502,
-                    f"cannot connect to {info.name} at {info.base_url}: {exc.os_error}",
-                    "upstream_unreachable",
-                )
-            except (aiohttp.ClientError, OSError) as exc:
-                return self._fail(
-                    stats,
-                    attempt,
-                    502,
-                    f"{info.name} broke the connection: {type(exc).__name__} {exc}".strip(),
-                    "upstream_connection_error",
-                )
+            except ConnectError as exc:
+                return self._fail(stats, attempt, 502, f"{info.name} is unreachable: {exc}", "upstream_unreachable")
+            except UpstreamError as exc:
+                return self._fail(stats, attempt, 502, f"{info.name} broke the connection: {exc}", "upstream_connection_error")
         finally:
             stats.inflight -= 1
             attempt.duration_s = loop.time() - start
@@ -284,7 +267,7 @@ class Proxy:
         info: ProviderInfo,
         group: Group,
         target: Target,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         data: bytes,
         attempt: Attempt,
         record: RequestRecord,
@@ -341,16 +324,17 @@ class Proxy:
         await self._respond(send, status, data, target, record)
         return None
 
-    async def _respond(
-        self, send: Send, status: int, data: bytes, target: Target, record: RequestRecord
-    ) -> None:
+    async def _respond(self, send: Send, status: int, data: bytes, target: Target, record: RequestRecord) -> None:
         record.status = status
         record.provider, record.upstream = target.provider, target.upstream
         headers = self._headers(b"application/json", target, record)
-        headers.append((b"content-length", str(len(data)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        record.ttfb_s = time.time() - record.started_at
-        await send({"type": "http.response.body", "body": data})
+        headers.append((b"content-length", b"%d" % len(data)))
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            record.ttfb_s = time.time() - record.started_at
+            await send({"type": "http.response.body", "body": data})
+        except OSError:  # the client went away; the upstream's work is done, nothing to retry
+            record.client_disconnected = True
 
     def _headers(self, ctype: bytes, target: Target, record: RequestRecord) -> list[tuple[bytes, bytes]]:
         return [
@@ -358,14 +342,15 @@ class Proxy:
             (b"x-request-id", record.request_id.encode()),
             (b"x-aib-provider", target.provider.encode()),
             (b"x-aib-model", target.upstream.encode()),
-            (b"x-aib-fallbacks", str(record.fallbacks).encode()),
+            # every attempt before this one failed (a stream's own attempt is not marked ok yet)
+            (b"x-aib-fallbacks", str(len(record.attempts) - 1).encode()),
         ]
 
     async def _finish_stream(
         self,
         info: ProviderInfo,
         target: Target,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         first: bytes,
         attempt: Attempt,
         record: RequestRecord,
@@ -373,6 +358,7 @@ class Proxy:
         send: Send,
         stats: Any,
         strip_usage: bool,
+        read_timeout_s: float,
     ) -> Failure | None:
         ctype = resp.headers.get("content-type", "")
         if "text/event-stream" not in ctype or not first:
@@ -397,7 +383,9 @@ class Proxy:
             stats.breaker.release()
             return None
         # from here on the client has bytes: no retry, whatever happens
-        pump = asyncio.ensure_future(self._pump(info, resp, first, attempt, record, send, stats, strip_usage))
+        pump = asyncio.ensure_future(
+            self._pump(info, resp, first, attempt, record, send, stats, strip_usage, read_timeout_s)
+        )
         gone = asyncio.ensure_future(receive())
         try:
             await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -416,13 +404,14 @@ class Proxy:
     async def _pump(
         self,
         info: ProviderInfo,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         first: bytes,
         attempt: Attempt,
         record: RequestRecord,
         send: Send,
         stats: Any,
         strip_usage: bool,
+        read_timeout_s: float,
     ) -> None:
         """Forward whole SSE events as they arrive; bytes are not re-encoded.
 
@@ -432,7 +421,6 @@ class Proxy:
         pending = b""
         done = False
         error: str | None = None
-        chunks = resp.content.iter_any().__aiter__()
         chunk = first
         try:
             while True:
@@ -450,14 +438,14 @@ class Proxy:
                         if record.ttfb_s is None:
                             record.ttfb_s = time.time() - record.started_at
                         await send({"type": "http.response.body", "body": out, "more_body": True})
-                try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
+                async with asyncio.timeout(read_timeout_s):
+                    chunk = await resp.readany()
+                if not chunk:
                     break
         except TimeoutError:
-            error = f"{info.name} stopped sending mid-stream (no data within the read timeout)"
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            error = f"{info.name} broke the stream: {type(exc).__name__}"
+            error = f"{info.name} stopped sending mid-stream (nothing for {read_timeout_s:g}s)"
+        except UpstreamError as exc:
+            error = f"{info.name} broke the stream: {exc}"
         except OSError:  # the client went away while we were sending
             record.client_disconnected = True
             stats.breaker.release()

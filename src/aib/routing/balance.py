@@ -37,8 +37,11 @@ def order(group: Group, state: RuntimeState, candidates: list[Target] | None = N
     if strategy == "least_outstanding":
         return sorted(rotated, key=lambda t: state.stats(t.id).inflight)  # stable: ties keep rotation
     if strategy == "latency":
-        if state.rr_counters[group.name] % EXPLORE_EVERY == 0:
-            return rotated
+        n = state.rr_counters[group.name]
+        # explore: rotate by the number of explorations (n % len(ts) would always land on one slot)
+        if n % EXPLORE_EVERY == 0:
+            k = (n // EXPLORE_EVERY) % len(ts)
+            return ts[k:] + ts[:k]
         return sorted(rotated, key=lambda t: _latency_key(state, t))
     return rotated
 

@@ -37,7 +37,7 @@ class CircuitBreaker:
         self.cooldown_s = cooldown_s
 
     def current(self, now: float | None = None) -> BreakerState:
-        if self.state == "open" and (now or time.monotonic()) >= self.opened_until:
+        if self.state == "open" and (time.monotonic() if now is None else now) >= self.opened_until:
             return "half_open"
         return self.state
 
@@ -63,7 +63,7 @@ class CircuitBreaker:
         self._trial_in_flight = False
 
     def failure(self, error: str, retry_after_s: float | None = None, now: float | None = None) -> None:
-        now = now or time.monotonic()
+        now = time.monotonic() if now is None else now
         self.last_error = error
         self.consecutive_failures += 1
         was_trial = self._trial_in_flight
@@ -83,7 +83,7 @@ class CircuitBreaker:
         self.opened_until = now + seconds
 
     def snapshot(self, now: float | None = None) -> dict[str, object]:
-        now = now or time.monotonic()
+        now = time.monotonic() if now is None else now
         st = self.current(now)
         return {
             "state": st,
