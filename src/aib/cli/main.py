@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 # Modules that define `register(app)`; imported when the CLI is built, not at package import.
-COMMAND_MODULES = ("config_cmds", "generate_cmds", "gateway_cmds")
+COMMAND_MODULES = ("config_cmds", "generate_cmds", "gateway_cmds", "logs_cmds")
 
 
 def _version(value: bool) -> None:

@@ -58,6 +58,9 @@ class Gateway:
         self.pool = UpstreamPool()
         self.proxy = Proxy(self.state, self.pool)
         self.observers: list[Observer] = list(observers or [])
+        self.on_shutdown: list[Callable[[], object]] = []  # run last at shutdown (flush the request log)
+        self.on_reload: list[Callable[[str], None]] = []  # told "success" or "failure" after each reload
+        self.keep_bodies = False  # put the request body on the record (request-log body logging)
         self.health: HealthMonitor | None = None
         self.inflight = 0
         self.ready = False
@@ -153,6 +156,13 @@ class Gateway:
         if self.health is not None:
             await self.health.close()
         await self.pool.close()
+        for hook in self.on_shutdown:
+            try:
+                result = hook()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("shutdown hook %r failed", hook)
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
@@ -160,8 +170,18 @@ class Gateway:
             path = path[:-1]
         methods = self._routes.get(path)
         if methods is None:
-            if path.startswith(("/v1/models/", "/models/")) and scope["method"] == "GET":
-                await self.model_detail(scope, path.split("/models/", 1)[1], send)
+            if path.startswith(("/v1/models/", "/models/")):
+                if scope["method"] == "GET":
+                    await self.model_detail(scope, path.split("/models/", 1)[1], send)
+                else:
+                    err = GatewayError(
+                        405,
+                        f"Method {scope['method']} is not allowed on {path}; use GET.",
+                        "invalid_request_error",
+                        "method_not_allowed",
+                    )
+                    err.headers["allow"] = "GET"
+                    await send_error(send, err)
                 return
             await send_error(
                 send,
@@ -197,6 +217,8 @@ class Gateway:
         self.inflight += 1
         try:
             body = await read_body(scope, receive, self.settings.max_body_bytes)
+            if self.keep_bodies:
+                record.request_body = body
             await self.proxy.handle(plan, endpoint, body, record, receive, send)
         except GatewayError as err:
             record.status, record.error, record.error_code = err.status, err.message, err.code

@@ -11,6 +11,9 @@ from aib.config.compile import build_plan
 from aib.config.load import DEFAULTS_DIR, PROVIDERS_FILE
 from aib.gateway.app import Gateway, create_app
 from aib.gateway.settings import GatewaySettings
+from aib.observe import install_observability
+from aib.observe.logs import configure_logging
+from aib.observe.settings import ObserveSettings
 
 log = logging.getLogger("aib.gateway")
 
@@ -23,7 +26,8 @@ def choose_config_dir(config_dir: Path | None) -> Path:
     return local if (local / PROVIDERS_FILE).exists() else DEFAULTS_DIR
 
 
-def build_gateway(settings: GatewaySettings) -> Gateway:
+def build_gateway(settings: GatewaySettings, observe: ObserveSettings | None = None) -> Gateway:
+    """The gateway for ``settings``, with metrics, access log and request log (``observe``, default from env)."""
     cdir = choose_config_dir(settings.config_dir)
     plan, cfg, warnings = build_plan(cdir)
     for w in warnings:
@@ -36,11 +40,15 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
         len(plan.groups),
         len(plan.patterns),
     )
-    return create_app(plan, settings, cfg)
+    gateway = create_app(plan, settings, cfg)
+    install_observability(gateway, observe or ObserveSettings.from_env())
+    return gateway
 
 
-def serve(settings: GatewaySettings, log_level: str = "info") -> None:
-    app = build_gateway(settings)
+def serve(settings: GatewaySettings, log_level: str = "info", observe: ObserveSettings | None = None) -> None:
+    observe = observe or ObserveSettings.from_env()
+    configure_logging(observe.log_format, log_level)
+    app = build_gateway(settings, observe)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -50,6 +58,7 @@ def serve(settings: GatewaySettings, log_level: str = "info") -> None:
         lifespan="on",
         access_log=False,
         log_level=log_level,
+        log_config=None,  # uvicorn's records go to the root handler set by configure_logging
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
         server_header=False,
         date_header=False,

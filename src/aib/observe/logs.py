@@ -1,0 +1,286 @@
+"""Logs: one access line per request on the ``aib.access`` logger, as JSON (orjson) or for humans.
+
+``configure_logging("json" | "human", level)`` sets the root handler once at start-up (the CLI does it);
+:class:`AccessLogObserver` writes the per-request line. Error texts pass through a :class:`Redactor`
+first, so an upstream that echoes an API key back never puts it in a log. Nothing here logs headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+import orjson
+
+from aib.observe.records import RequestRecord
+
+ACCESS_LOGGER = "aib.access"
+HUMAN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# generic shapes of credentials, for texts no configured secret covers
+_CREDENTIAL = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+|\b(sk-(?:ant-)?)[A-Za-z0-9_\-]{8,}")
+MASK = "***"
+_SKIP_EXTRAS = frozenset({"aib", "aib_batched", "color_message"})  # color_message: uvicorn's ANSI copy of msg
+
+
+class Redactor:
+    """Removes secrets from texts: the exact values ``secrets()`` returns, and bearer/sk- tokens."""
+
+    def __init__(self, secrets: Callable[[], Iterable[str]] = tuple) -> None:
+        self._secrets = secrets
+
+    def __call__(self, text: str | None) -> str | None:
+        if not text:
+            return text
+        for s in self._secrets():
+            if len(s) >= 4 and s in text:
+                text = text.replace(s, MASK)
+        return _CREDENTIAL.sub(lambda m: (m.group(1) or m.group(2) or "") + MASK, text)
+
+    def bytes(self, data: bytes | None) -> bytes | None:
+        if not data:
+            return data
+        for s in self._secrets():
+            if len(s) >= 4:
+                data = data.replace(s.encode(), MASK.encode())
+        return data
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def access_fields(record: RequestRecord, redact: Callable[[str | None], str | None]) -> dict[str, Any]:
+    """The fields of one access line (the same names as the request log's columns)."""
+    return {
+        "event": "request",
+        "request_id": record.request_id,
+        "endpoint": record.endpoint,
+        "model": record.model,
+        "route": record.route,
+        "matched_by": record.matched_by,
+        "provider": record.provider,
+        "upstream": record.upstream,
+        "status": record.status,
+        "stream": record.stream,
+        "ttfb_ms": _ms(record.ttfb_s),
+        "total_ms": _ms(record.total_s),
+        "upstream_ms": _ms(record.upstream_s),
+        "overhead_ms": _ms(record.overhead_s),
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "attempts": len(record.attempts),
+        "fallbacks": record.fallbacks,
+        "error": redact(record.error) if record.error else None,
+        "error_code": record.error_code,
+        "client_disconnected": record.client_disconnected,
+    }
+
+
+def human_line(f: dict[str, Any]) -> str:
+    """``200 chat/completions smollm2 -> local:llama-1/smollm2 41.2ms ttfb=12.0ms tokens=12+30 rid=...``"""
+    where = f"{f['route']}:{f['provider']}/{f['upstream']}" if f["provider"] else (f["route"] or "unresolved")
+    parts = [str(f["status"] or "-"), f["endpoint"], repr(f["model"]) if f["model"] else "-", "->", where]
+    parts.append(f"{f['total_ms']:.1f}ms")
+    if f["stream"] and f["ttfb_ms"] is not None:
+        parts.append(f"ttfb={f['ttfb_ms']:.1f}ms")
+    if f["prompt_tokens"] is not None or f["completion_tokens"] is not None:
+        parts.append(f"tokens={f['prompt_tokens'] or 0}+{f['completion_tokens'] or 0}")
+    if f["fallbacks"]:
+        parts.append(f"fallbacks={f['fallbacks']}")
+    if f["client_disconnected"]:
+        parts.append("client-gone")
+    parts.append(f"rid={f['request_id']}")
+    if f["error"]:
+        parts.append(f"error={f['error_code'] or ''}: {f['error']}")
+    return " ".join(parts)
+
+
+class AccessLogObserver:
+    """Writes one line per finished request to ``aib.access`` (INFO; 5xx as WARNING).
+
+    With ``background=True`` (the gateway's choice) the request path only appends the record to a
+    bounded queue; a thread formats and writes the lines every ``interval_s``, so a slow terminal or
+    disk never slows requests. Lines keep the time the request ended. A full queue drops lines
+    (counted in :attr:`dropped`).
+    """
+
+    def __init__(
+        self,
+        redact: Callable[[str | None], str | None] | None = None,
+        logger: logging.Logger | None = None,
+        *,
+        background: bool = False,
+        interval_s: float = 0.1,
+        max_queue: int = 10_000,
+    ) -> None:
+        self.log = logger or logging.getLogger(ACCESS_LOGGER)
+        self.redact = redact or Redactor()
+        self.interval_s = interval_s
+        self.max_queue = max_queue
+        self.dropped = 0
+        self._q: deque[RequestRecord] = deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="aib-access-log", daemon=True)
+            self._thread.start()
+
+    def request_done(self, record: RequestRecord) -> None:
+        if self._thread is None:
+            self.emit(record)
+        elif len(self._q) < self.max_queue:
+            self._q.append(record)
+        else:
+            self.dropped += 1
+
+    def emit(self, record: RequestRecord) -> None:
+        level = logging.WARNING if record.status >= 500 else logging.INFO
+        log = self.log
+        if not log.isEnabledFor(level):
+            return
+        fields = access_fields(record, self.redact)
+        extra = {"aib": fields, "aib_batched": self._thread is not None}
+        rv = log.makeRecord(log.name, level, __file__, 0, "%s", (_Lazy(fields),), None, extra=extra)
+        rv.created = record.started_at + record.total_s
+        rv.msecs = (rv.created - int(rv.created)) * 1000.0
+        log.handle(rv)
+
+    def _run(self) -> None:
+        q = self._q
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            stopping = self._stop
+            if q:
+                while q:
+                    try:
+                        self.emit(q.popleft())
+                    except Exception:  # a broken handler must not kill the thread; logging reports it
+                        logging.getLogger("aib.observe").exception("access log line failed")
+                _flush_handlers(self.log)
+            if stopping:
+                return
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write the queued lines and stop the thread."""
+        if self._thread is not None:
+            self._stop = True
+            self._wake.set()
+            self._thread.join(timeout)
+            self._thread = None
+
+
+def _flush_handlers(logger: logging.Logger) -> None:
+    """Flush every handler a record of ``logger`` reaches (writes lines held by :class:`LineHandler`)."""
+    c: logging.Logger | None = logger
+    while c is not None:
+        for h in c.handlers:
+            h.flush()
+        c = c.parent if c.propagate else None
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that holds batched access lines until :meth:`flush`: one write per batch.
+
+    Other records are written at once (after any held lines, so the order is kept).
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self._held: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+            if getattr(record, "aib_batched", False):
+                self._held.append(line)
+                if len(self._held) >= 512:
+                    self._write_held()
+            else:
+                self._held.append(line)
+                self._write_held()
+                self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _write_held(self) -> None:
+        if self._held:
+            data = "".join(self._held)
+            self._held.clear()
+            self.stream.write(data)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_held()
+            super().flush()
+
+
+class _Lazy:
+    """Renders the human line only if a handler formats the message."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return human_line(self.fields)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, then the record's structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "aib", None)
+        out: dict[str, Any] = {
+            "ts": _iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        if fields is not None:
+            out.update(fields)
+        else:
+            out["msg"] = record.getMessage()
+            for k, v in record.__dict__.items():
+                if k not in _STD_ATTRS and k not in _SKIP_EXTRAS:
+                    out[k] = v
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def configure_logging(
+    format: str = "human", level: str | int = "info", stream: IO[str] | None = None
+) -> logging.Handler:
+    """Send every log record to ``stream`` (stderr) in one format; returns the handler installed.
+
+    Replaces plain stream handlers on the root logger (``logging.basicConfig``'s, or ours from an
+    earlier call) and leaves other handlers (files, test capture) alone.
+    """
+    if format not in ("json", "human"):
+        raise ValueError(f"log format {format!r}: use 'json' or 'human'")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if type(h) in (logging.StreamHandler, LineHandler):
+            root.removeHandler(h)
+            if isinstance(h, LineHandler):
+                h.flush()
+    handler = LineHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if format == "json" else logging.Formatter(HUMAN_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    return handler

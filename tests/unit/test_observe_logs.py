@@ -1,0 +1,265 @@
+"""Access log lines (JSON and human), logging set-up, redaction, and the observe settings."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from aib.observe.logs import (
+    ACCESS_LOGGER,
+    AccessLogObserver,
+    JsonFormatter,
+    LineHandler,
+    Redactor,
+    access_fields,
+    configure_logging,
+    human_line,
+)
+from aib.observe.records import Attempt
+from aib.observe.settings import DEFAULT_REQUEST_LOG, ObserveSettings
+from observe_support import make_record
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def access_stream() -> Iterator[io.StringIO]:
+    """The access logger writing JSON into a StringIO (restored afterwards)."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    stream = io.StringIO()
+    handler = LineHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_access_fields_carry_what_an_operator_needs() -> None:
+    rec = make_record(
+        "default", route="llama3", matched_by="alias", total_s=0.5, upstream_s=0.42, ttfb_s=0.05, stream=True
+    )
+    f = access_fields(rec, Redactor())
+    assert f["event"] == "request"
+    assert f["request_id"] == rec.request_id
+    assert (f["model"], f["route"], f["matched_by"], f["provider"], f["upstream"]) == (
+        "default",
+        "llama3",
+        "alias",
+        "ollama",
+        "default",
+    )
+    assert (f["status"], f["stream"], f["attempts"], f["fallbacks"]) == (200, True, 1, 0)
+    assert f["total_ms"] == 500.0 and f["ttfb_ms"] == 50.0 and f["upstream_ms"] == 420.0
+    assert f["overhead_ms"] == pytest.approx(80.0)
+    assert (f["prompt_tokens"], f["completion_tokens"]) == (12, 30)
+    assert f["error"] is None and f["error_code"] is None
+
+
+def test_json_line_per_request(access_stream: io.StringIO) -> None:
+    obs = AccessLogObserver()
+    obs.request_done(make_record())
+    obs.request_done(
+        make_record(
+            "nope",
+            route=None,
+            matched_by=None,
+            provider=None,
+            status=404,
+            error="The model 'nope' is not configured",
+            error_code="model_not_found",
+        )
+    )
+    obs.request_done(make_record(status=502, error="vllm answered 500", error_code="upstream_error"))
+    one, two, three = lines(access_stream)
+    assert one["logger"] == "aib.access" and one["level"] == "info" and one["status"] == 200
+    assert str(one["ts"]).endswith("Z")
+    assert two["status"] == 404 and two["error_code"] == "model_not_found" and two["route"] is None
+    assert three["level"] == "warning"  # 5xx
+
+
+def test_human_line_is_readable() -> None:
+    rec = make_record(
+        "big", route="big", provider="ollama", upstream="llama3", stream=True, ttfb_s=0.0123, total_s=0.5
+    )
+    rec.attempts.insert(0, Attempt("vllm/big", "vllm", "big", "big", None, "down", None, 0.001, False))
+    text = human_line(access_fields(rec, Redactor()))
+    assert text.startswith(
+        "200 chat/completions 'big' -> big:ollama/llama3 500.0ms ttfb=12.3ms tokens=12+30 fallbacks=1"
+    )
+    assert f"rid={rec.request_id}" in text
+    err = human_line(
+        access_fields(
+            make_record(
+                "x",
+                route=None,
+                provider=None,
+                status=404,
+                error="no such model",
+                error_code="model_not_found",
+                prompt_tokens=None,
+                completion_tokens=None,
+            ),
+            Redactor(),
+        )
+    )
+    assert "-> unresolved" in err and err.endswith("error=model_not_found: no such model")
+    gone = human_line(access_fields(make_record(client_disconnected=True), Redactor()))
+    assert "client-gone" in gone
+
+
+def test_background_observer_writes_on_close_with_the_request_end_time(access_stream: io.StringIO) -> None:
+    obs = AccessLogObserver(background=True, interval_s=5.0)
+    rec = make_record(started_at=1_700_000_000.0, total_s=1.5)
+    obs.request_done(rec)
+    assert access_stream.getvalue() == ""  # nothing written on the request path
+    obs.close()
+    (line,) = lines(access_stream)
+    assert line["ts"] == "2023-11-14T22:13:21.500Z"
+    obs.close()  # twice is fine
+
+
+def test_background_queue_is_bounded(access_stream: io.StringIO) -> None:
+    obs = AccessLogObserver(background=True, interval_s=5.0, max_queue=3)
+    for _ in range(10):
+        obs.request_done(make_record())
+    assert obs.dropped == 7
+    obs.close()
+    assert len(lines(access_stream)) == 3
+
+
+def test_disabled_logger_costs_nothing(access_stream: io.StringIO) -> None:
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.ERROR)
+    AccessLogObserver().request_done(make_record())
+    assert access_stream.getvalue() == ""
+
+
+def test_line_handler_holds_batched_lines_until_flush() -> None:
+    stream = io.StringIO()
+    h = LineHandler(stream)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("aib.test.linehandler")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(h)
+    try:
+        log.info("held 1", extra={"aib_batched": True})
+        log.info("held 2", extra={"aib_batched": True})
+        assert stream.getvalue() == ""
+        log.warning("at once")  # written now, after the held lines: order kept
+        assert stream.getvalue() == "held 1\nheld 2\nat once\n"
+        log.info("held 3", extra={"aib_batched": True})
+        h.flush()
+        assert stream.getvalue().endswith("at once\nheld 3\n")
+    finally:
+        log.removeHandler(h)
+
+
+def test_json_formatter_for_other_records() -> None:
+    fmt = JsonFormatter()
+    rec = logging.LogRecord(
+        "aib.gateway", logging.WARNING, __file__, 1, "provider %s is down", ("vllm",), None
+    )
+    rec.provider = "vllm"
+    rec.color_message = "\x1b[36mprovider\x1b[0m"
+    out = orjson.loads(fmt.format(rec))
+    assert out["msg"] == "provider vllm is down" and out["level"] == "warning" and out["provider"] == "vllm"
+    assert "color_message" not in out
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        import sys
+
+        rec2 = logging.LogRecord("aib", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    assert "ValueError: bad" in orjson.loads(fmt.format(rec2))["exc"]
+
+
+def test_configure_logging_replaces_plain_handlers_only() -> None:
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    keep = logging.NullHandler()
+    plain = logging.StreamHandler(io.StringIO())
+    root.addHandler(keep)
+    root.addHandler(plain)
+    try:
+        out = io.StringIO()
+        h = configure_logging("json", "warning", stream=out)
+        assert plain not in root.handlers and keep in root.handlers and h in root.handlers
+        assert root.level == logging.WARNING
+        logging.getLogger("aib.x").warning("hello %d", 1)
+        assert orjson.loads(out.getvalue())["msg"] == "hello 1"
+        out2 = io.StringIO()
+        h2 = configure_logging("human", logging.INFO, stream=out2)
+        assert h not in root.handlers and h2 in root.handlers
+        logging.getLogger("aib.x").info("again")
+        assert out2.getvalue().rstrip().endswith("INFO aib.x: again")
+        with pytest.raises(ValueError, match="log format"):
+            configure_logging("xml")
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+
+def test_redactor_removes_known_secrets_and_token_shapes() -> None:
+    r = Redactor(lambda: ["s3cr3t-value-123", "ab"])
+    assert r("upstream said: key s3cr3t-value-123 invalid") == "upstream said: key *** invalid"
+    assert r("ab is too short to redact") == "ab is too short to redact"
+    assert r("Authorization: Bearer abc.def-ghi rejected") == "Authorization: Bearer *** rejected"
+    assert r("Incorrect API key provided: sk-proj-AbCdEf123456789") == "Incorrect API key provided: sk-***"
+    assert r("sk-ant-api03-xyzxyzxyzxyz") == "sk-ant-***"
+    assert r(None) is None and r("") == ""
+    assert r.bytes(b'{"key": "s3cr3t-value-123"}') == b'{"key": "***"}'
+    assert r.bytes(None) is None
+
+
+def test_errors_are_redacted_in_access_lines(access_stream: io.StringIO) -> None:
+    obs = AccessLogObserver(Redactor(lambda: ["topsecretkey99"]))
+    obs.request_done(
+        make_record(
+            status=401, error="vllm answered 401: bad key topsecretkey99", error_code="upstream_rejected"
+        )
+    )
+    assert "topsecretkey99" not in access_stream.getvalue()
+    assert lines(access_stream)[0]["error"] == "vllm answered 401: bad key ***"
+
+
+def test_settings_from_env() -> None:
+    s = ObserveSettings.from_env({})
+    assert s.request_log == DEFAULT_REQUEST_LOG and s.metrics and s.access_log and not s.log_bodies
+    assert s.log_format == "human"
+    env = {
+        "AIB_REQUEST_LOG": "/tmp/x.db",
+        "AIB_LOG_FORMAT": "JSON",
+        "AIB_METRICS": "off",
+        "AIB_ACCESS_LOG": "0",
+        "AIB_LOG_BODIES": "yes",
+        "AIB_REQUEST_LOG_RETENTION_DAYS": "2.5",
+        "AIB_REQUEST_LOG_MAX_ROWS": "1000",
+        "AIB_REQUEST_LOG_MAX_MB": "64",
+        "AIB_LOG_LEVEL": "DEBUG",
+    }
+    s = ObserveSettings.from_env(env)
+    assert (
+        s.request_log == Path("/tmp/x.db") and s.log_format == "json" and not s.metrics and not s.access_log
+    )
+    assert s.log_bodies and s.retention_days == 2.5 and s.retention_rows == 1000 and s.max_db_mb == 64
+    assert s.log_level == "debug"
+    assert ObserveSettings.from_env({"AIB_REQUEST_LOG": "off"}).request_log is None
+    assert ObserveSettings.from_env({}, queue_size=5).queue_size == 5
+    with pytest.raises(ValueError, match="AIB_LOG_FORMAT"):
+        ObserveSettings.from_env({"AIB_LOG_FORMAT": "xml"})
