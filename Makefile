@@ -13,14 +13,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
-EXTRAS := test,llamacpp
+EXTRAS := test,llamacpp,ui,bench
 # Debian packages the tests and services need; each is checked with dpkg -s and installed only if missing.
 APT_PACKAGES ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: venv install sysdeps test run lint
+.PHONY: venv install sysdeps test run lint demo bench monitoring profile generate
 
 venv: $(PY)
 
@@ -59,3 +59,23 @@ lint: install
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 	$(VENV)/bin/mypy
+
+demo: install
+	$(VENV)/bin/aib demo
+
+bench: install
+	$(VENV)/bin/aib bench
+
+monitoring: install
+	bash scripts/run-prometheus.sh
+
+profile: install
+	bash scripts/profile.sh
+
+# regenerate every derived file after editing config/ or the schema
+generate: install
+	$(VENV)/bin/aib generate
+	$(VENV)/bin/aib schema
+	cp config/providers.yaml config/model-mappings.yaml src/aib/defaults/
+	cp config/schemas/*.json src/aib/defaults/schemas/
+	$(PY) scripts/gen_config_docs.py

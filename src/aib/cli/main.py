@@ -18,7 +18,16 @@ app = typer.Typer(
 )
 
 # Modules that define `register(app)`; imported when the CLI is built, not at package import.
-COMMAND_MODULES = ("config_cmds", "generate_cmds", "gateway_cmds", "logs_cmds")
+COMMAND_MODULES = (
+    "config_cmds",  # validate, explain, models, ports
+    "generate_cmds",  # generate, schema
+    "gateway_cmds",  # serve, health
+    "logs_cmds",  # logs, logs trace, logs stats
+    "reload_cmds",  # reload, rollback, backups
+    "bench_cmds",  # bench
+    "ops_cmds",  # doctor, monitor, demo
+    "ui_cmds",  # ui
+)
 
 
 def _version(value: bool) -> None:
