@@ -1234,6 +1234,26 @@ def test_client_disconnect_mid_stream_closes_the_upstream(
     served(post(gw), "alpha", 0)  # and the deployment is fine for the next request
 
 
+def test_client_disconnect_during_a_long_non_streaming_request_closes_the_upstream(
+    chain: Callable[..., RunningGateway], trio: tuple[ScriptedUpstream, ...]
+) -> None:
+    """A long generation (no answer for 1.5 s) whose client hangs up: the upstream is told, at once."""
+    alpha = trio[0]
+    gw = chain()
+    alpha.enqueue(Reply(delay_s=6))
+    body = {"model": "primary", "messages": CHAT}
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=gw.base_url, timeout=1.5) as c:
+        c.post("/v1/chat/completions", json=body, headers={"x-request-id": "gone-2"})
+    # the gateway starts watching after 1 s; the client left at 1.5 s; the upstream sees it well before 6 s
+    assert alpha.wait_disconnect(3), "the upstream never saw the disconnect"
+    rec = gw.observer.wait_for("gone-2")
+    assert rec.client_disconnected
+    assert rec.attempts[0].error == "client disconnected"
+    assert gw.gateway.state.stats("alpha/m").inflight == 0
+    assert gw.gateway.state.stats("alpha/m").breaker.current() == "closed"
+    served(post(gw), "alpha", 0)
+
+
 # --------------------------------------------------------------------------- health when things are down
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-from aib.config.plan import Group, ProviderInfo, RoutingPlan, Target
+from aib.config.plan import Group, ProviderInfo, Resolution, RoutingPlan, Target
+from aib.gateway.disconnect import DisconnectWatch
 from aib.gateway.errors import GatewayError, bad_request, envelope, model_not_found, upstream_failed
 from aib.gateway.httpclient import ConnectError, Response, UpstreamError
 from aib.gateway.upstream import UpstreamPool
@@ -37,6 +38,7 @@ REQUIRED = {
 }
 STREAMABLE = frozenset({"chat/completions", "completions"})
 SSE_DONE = b"data: [DONE]"
+WATCH_AFTER_S = 1.0  # a request still running after this long starts watching for a client hang-up
 
 
 class ClientGone(Exception):
@@ -120,6 +122,29 @@ class Proxy:
             raise model_not_found(model, plan.suggestions(model))
         record.route, record.matched_by, record.rule = res.group.name, res.matched_by, res.rule
         record.plan_version = plan.version
+        watch = DisconnectWatch(receive, WATCH_AFTER_S)
+        try:
+            await self._route(plan, res, endpoint, payload, stream, record, watch, send)
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            watch.absorb()
+            record.client_disconnected = True
+            raise ClientGone() from None
+        finally:
+            watch.close()
+
+    async def _route(
+        self,
+        plan: RoutingPlan,
+        res: Resolution,
+        endpoint: str,
+        payload: dict[str, Any],
+        stream: bool,
+        record: RequestRecord,
+        watch: DisconnectWatch,
+        send: Send,
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + res.group.timeouts.total_s
         attempts_left = res.group.max_attempts
@@ -142,7 +167,7 @@ class Proxy:
                     tried.add(target.id)
                     attempts_left -= 1
                     failure = await self._attempt(
-                        info, group, target, endpoint, payload, stream, deadline, record, receive, send
+                        info, group, target, endpoint, payload, stream, deadline, record, watch, send
                     )
                     if failure is None:
                         return
@@ -191,7 +216,7 @@ class Proxy:
         stream: bool,
         deadline: float,
         record: RequestRecord,
-        receive: Receive,
+        watch: DisconnectWatch,
         send: Send,
     ) -> Failure | None:
         loop = asyncio.get_running_loop()
@@ -227,19 +252,47 @@ class Proxy:
                 if not stream or resp.status != 200:
                     async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
                         rest = await resp.read()
-                    return await self._finish_plain(info, group, target, resp, rest, attempt, record, send, stats)
+                    return await self._finish_plain(
+                        info, group, target, resp, rest, attempt, record, watch, send, stats
+                    )
                 return await self._finish_stream(
-                    info, target, resp, first, attempt, record, receive, send, stats, strip_usage, t.first_byte_s
+                    info,
+                    target,
+                    resp,
+                    first,
+                    attempt,
+                    record,
+                    watch,
+                    send,
+                    stats,
+                    strip_usage,
+                    t.first_byte_s,
                 )
             except TimeoutError:
                 what = "first byte" if attempt.ttfb_s is None else "end of response"
                 return self._fail(
-                    stats, attempt, 504, f"{info.name} did not answer within the time limit ({what})", "upstream_timeout"
+                    stats,
+                    attempt,
+                    504,
+                    f"{info.name} did not answer within the time limit ({what})",
+                    "upstream_timeout",
                 )
             except ConnectError as exc:
-                return self._fail(stats, attempt, 502, f"{info.name} is unreachable: {exc}", "upstream_unreachable")
+                return self._fail(
+                    stats, attempt, 502, f"{info.name} is unreachable: {exc}", "upstream_unreachable"
+                )
             except UpstreamError as exc:
-                return self._fail(stats, attempt, 502, f"{info.name} broke the connection: {exc}", "upstream_connection_error")
+                return self._fail(
+                    stats,
+                    attempt,
+                    502,
+                    f"{info.name} broke the connection: {exc}",
+                    "upstream_connection_error",
+                )
+            except asyncio.CancelledError:
+                stats.breaker.release()  # no verdict on the upstream: the client left (or shutdown)
+                attempt.error = "client disconnected" if watch.gone else "cancelled"
+                raise
         finally:
             stats.inflight -= 1
             attempt.duration_s = loop.time() - start
@@ -271,6 +324,7 @@ class Proxy:
         data: bytes,
         attempt: Attempt,
         record: RequestRecord,
+        watch: DisconnectWatch,
         send: Send,
         stats: Any,
     ) -> Failure | None:
@@ -306,7 +360,7 @@ class Proxy:
                     "invalid_request_error",
                     "upstream_rejected",
                 )
-            await self._respond(send, status, data, target, record)
+            await self._respond(send, status, data, target, record, watch)
             return None
         if not isinstance(parsed, dict):
             what = "non-JSON" if "json" in ctype else f"content type {ctype or 'none'!r}"
@@ -321,10 +375,19 @@ class Proxy:
         if isinstance(usage, dict):
             record.prompt_tokens = usage.get("prompt_tokens")
             record.completion_tokens = usage.get("completion_tokens")
-        await self._respond(send, status, data, target, record)
+        await self._respond(send, status, data, target, record, watch)
         return None
 
-    async def _respond(self, send: Send, status: int, data: bytes, target: Target, record: RequestRecord) -> None:
+    async def _respond(
+        self,
+        send: Send,
+        status: int,
+        data: bytes,
+        target: Target,
+        record: RequestRecord,
+        watch: DisconnectWatch,
+    ) -> None:
+        watch.close()  # the response completes with this send; from here on a "disconnect" is the end
         record.status = status
         record.provider, record.upstream = target.provider, target.upstream
         headers = self._headers(b"application/json", target, record)
@@ -354,7 +417,7 @@ class Proxy:
         first: bytes,
         attempt: Attempt,
         record: RequestRecord,
-        receive: Receive,
+        watch: DisconnectWatch,
         send: Send,
         stats: Any,
         strip_usage: bool,
@@ -376,29 +439,25 @@ class Proxy:
         record.provider, record.upstream = target.provider, target.upstream
         headers = self._headers(b"text/event-stream", target, record)
         headers.append((b"cache-control", b"no-cache"))
+        watch.start()  # a stream can run for minutes: notice a client that hangs up
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
         except OSError:
             record.client_disconnected = True
             stats.breaker.release()
+            resp.close()
             return None
         # from here on the client has bytes: no retry, whatever happens
-        pump = asyncio.ensure_future(
-            self._pump(info, resp, first, attempt, record, send, stats, strip_usage, read_timeout_s)
-        )
-        gone = asyncio.ensure_future(receive())
         try:
-            await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not pump.done():
-                pump.cancel()
-                record.client_disconnected = True
-                stats.breaker.release()
-                attempt.error = "client disconnected"
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
-                resp.close()  # drop the upstream connection: the upstream stops generating
-            gone.cancel()
+            await self._pump(
+                info, resp, first, attempt, record, watch, send, stats, strip_usage, read_timeout_s
+            )
+        except asyncio.CancelledError:
+            record.client_disconnected = watch.gone
+            stats.breaker.release()
+            attempt.error = "client disconnected" if watch.gone else "cancelled"
+            resp.close()  # drop the upstream connection: the upstream stops generating
+            raise
         return None
 
     async def _pump(
@@ -408,6 +467,7 @@ class Proxy:
         first: bytes,
         attempt: Attempt,
         record: RequestRecord,
+        watch: DisconnectWatch,
         send: Send,
         stats: Any,
         strip_usage: bool,
@@ -449,10 +509,11 @@ class Proxy:
         except OSError:  # the client went away while we were sending
             record.client_disconnected = True
             stats.breaker.release()
+            resp.close()
             return
+        tail = b""
         if error is None and pending.strip():
-            with contextlib.suppress(OSError):  # a last event without its blank line
-                await send({"type": "http.response.body", "body": pending + b"\n\n", "more_body": True})
+            tail = pending + b"\n\n"  # a last event without its blank line
             done = done or SSE_DONE in pending
         if error is None and not done:
             error = f"{info.name} ended the stream before [DONE]"
@@ -461,14 +522,13 @@ class Proxy:
             record.error, record.error_code = error, "stream_interrupted"
             stats.failures += 1
             stats.breaker.failure(error)
-            event = b"data: " + envelope(error, "upstream_error", "stream_interrupted") + b"\n\n"
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+            tail += b"data: " + envelope(error, "upstream_error", "stream_interrupted") + b"\n\n"
         else:
             attempt.ok = True
             stats.breaker.success()
+        watch.close()  # the last send completes the response
         with contextlib.suppress(OSError):
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
 def _last_event_end(data: bytes) -> int:
