@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -64,6 +65,8 @@ class Gateway:
         self.health: HealthMonitor | None = None
         self.inflight = 0
         self.ready = False
+        self._rid_prefix = os.urandom(6).hex()
+        self._rid_counter = itertools.count(1)
         self._models_cache: tuple[int, bytes] | None = None
         self._routes: dict[str, dict[str, Handler]] = {}
         for ep in PROXIED:
@@ -211,8 +214,10 @@ class Gateway:
 
     async def proxy_request(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         plan = self.plan
-        rid = _header(scope, b"x-request-id") or uuid.uuid4().hex
-        record = RequestRecord(request_id=rid[:128], endpoint=endpoint, model="", started_at=time.time())
+        rid = _header(scope, b"x-request-id")
+        if not rid or len(rid) > 128 or not rid.isascii() or not rid.isprintable():
+            rid = f"{self._rid_prefix}{next(self._rid_counter):010x}"  # unique, cheaper than uuid4
+        record = RequestRecord(request_id=rid, endpoint=endpoint, model="", started_at=time.time())
         t0 = time.perf_counter()
         self.inflight += 1
         try:
