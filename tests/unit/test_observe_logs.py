@@ -263,3 +263,54 @@ def test_settings_from_env() -> None:
     assert ObserveSettings.from_env({}, queue_size=5).queue_size == 5
     with pytest.raises(ValueError, match="AIB_LOG_FORMAT"):
         ObserveSettings.from_env({"AIB_LOG_FORMAT": "xml"})
+
+
+def test_install_observability_on_a_duck_typed_gateway(tmp_path: Path, access_stream: io.StringIO) -> None:
+    from aib.observe import install_observability
+    from aib.observe.metrics import MetricsObserver
+    from observe_support import FakeGateway, small_plan
+
+    gw = FakeGateway(small_plan(tmp_path))
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET)  # as in a fresh process
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.WARNING)  # `aib serve --log-level warning`
+    try:
+        handle = install_observability(gw, ObserveSettings(request_log=None))
+        assert [type(o).__name__ for o in gw.observers] == ["MetricsObserver", "AccessLogObserver"]
+        assert ("/metrics", "GET") in gw.routes and gw.on_shutdown == [handle.close]
+        assert gw.keep_bodies is False
+        gw.observers[1].request_done(make_record())
+        gw.on_reload[0]("success")
+        handle.close()
+    finally:
+        root.setLevel(old)
+    assert len(lines(access_stream)) == 1  # access lines do not depend on the general log level
+    assert isinstance(handle.metrics, MetricsObserver)
+    assert handle.metrics.registry.get_sample_value("aib_config_reloads_total", {"result": "success"}) == 1
+    off = FakeGateway(small_plan(tmp_path / "b"))
+    quiet = install_observability(off, ObserveSettings(request_log=None, metrics=False, access_log=False))
+    assert off.observers == [] and off.routes == {}
+    quiet.reload_done("success")  # no metrics: nothing to count, no error
+
+
+def test_a_failing_line_never_stops_the_access_log_thread(
+    access_stream: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(text: str | None) -> str | None:
+        raise ValueError("redactor bug")
+
+    obs = AccessLogObserver(broken, background=True, interval_s=0.01)
+    obs.request_done(make_record(status=502, error="boom"))  # the redactor fails on this one
+    obs.request_done(make_record())
+    obs.close()
+    assert len(lines(access_stream)) == 1
+    assert any("access log line failed" in r.getMessage() for r in caplog.records)
+
+
+def test_lazy_names_of_the_package() -> None:
+    import aib.observe
+
+    assert aib.observe.ObserveSettings is ObserveSettings
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = aib.observe.nothing

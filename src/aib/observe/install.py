@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aib.observe.logs import AccessLogObserver, Redactor
+from aib.observe.logs import ACCESS_LOGGER, AccessLogObserver, Redactor
 from aib.observe.metrics import MetricsObserver
 from aib.observe.requestlog import RequestLog
 from aib.observe.settings import ObserveSettings
@@ -67,7 +68,10 @@ def install_observability(gateway: Any, settings: ObserveSettings | None = None)
         gateway.observers.append(handle.metrics)
         gateway.add_route("/metrics", "GET", handle.metrics.asgi)
     if settings.access_log:
-        handle.access = AccessLogObserver(redactor, background=True)
+        access_logger = logging.getLogger(ACCESS_LOGGER)
+        if access_logger.level == logging.NOTSET:  # AIB_ACCESS_LOG decides, not the general log level
+            access_logger.setLevel(logging.INFO)
+        handle.access = AccessLogObserver(redactor, access_logger, background=True)
         gateway.observers.append(handle.access)
     if settings.request_log is not None:
         handle.request_log = RequestLog(

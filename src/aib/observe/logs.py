@@ -26,6 +26,7 @@ _STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | 
 # generic shapes of credentials, for texts no configured secret covers
 _CREDENTIAL = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+|\b(sk-(?:ant-)?)[A-Za-z0-9_\-]{8,}")
 MASK = "***"
+_START = time.time()  # what logging.LogRecord.relativeCreated counts from (close enough)
 _SKIP_EXTRAS = frozenset({"aib", "aib_batched", "color_message"})  # color_message: uvicorn's ANSI copy of msg
 
 
@@ -125,6 +126,7 @@ class AccessLogObserver:
         self.interval_s = interval_s
         self.max_queue = max_queue
         self.dropped = 0
+        self._templates: dict[int, dict[str, Any]] = {}
         self._q: deque[RequestRecord] = deque()
         self._wake = threading.Event()
         self._stop = False
@@ -147,11 +149,25 @@ class AccessLogObserver:
         if not log.isEnabledFor(level):
             return
         fields = access_fields(record, self.redact)
-        extra = {"aib": fields, "aib_batched": self._thread is not None}
-        rv = log.makeRecord(log.name, level, __file__, 0, "%s", (_Lazy(fields),), None, extra=extra)
-        rv.created = record.started_at + record.total_s
-        rv.msecs = (rv.created - int(rv.created)) * 1000.0
-        log.handle(rv)
+        log.handle(self._log_record(level, fields, record.started_at + record.total_s))
+
+    def _log_record(self, level: int, fields: dict[str, Any], created: float) -> logging.LogRecord:
+        """A LogRecord for one access line, copied from a template (LogRecord() itself costs microseconds:
+        it looks up the thread, the process and the source file each time)."""
+        template = self._templates.get(level)
+        if template is None:
+            proto = self.log.makeRecord(self.log.name, level, "aib/observe/logs.py", 0, "%s", (), None)
+            template = self._templates[level] = dict(proto.__dict__)
+        rv = logging.LogRecord.__new__(logging.LogRecord)
+        d = rv.__dict__
+        d.update(template)
+        d["args"] = (_Lazy(fields),)
+        d["aib"] = fields
+        d["aib_batched"] = self._thread is not None
+        d["created"] = created
+        d["msecs"] = (created - int(created)) * 1000.0
+        d["relativeCreated"] = (created - _START) * 1000.0
+        return rv
 
     def _run(self) -> None:
         q = self._q
@@ -240,10 +256,14 @@ class _Lazy:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, then the record's structured fields."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: list[tuple[int, str]] = [(-1, "")]
+
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "aib", None)
         out: dict[str, Any] = {
-            "ts": _iso(record.created),
+            "ts": _iso(record.created, self._second),
             "level": record.levelname.lower(),
             "logger": record.name,
         }
@@ -259,8 +279,13 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+def _iso(t: float, cache: list[tuple[int, str]]) -> str:
+    """ISO 8601 UTC with milliseconds; ``cache`` keeps the last second formatted (lines share it)."""
+    sec = int(t)
+    last = cache[0]
+    if last[0] != sec:
+        last = cache[0] = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{last[1]}.{int((t - sec) * 1000):03d}Z"
 
 
 def configure_logging(

@@ -134,7 +134,10 @@ class MetricsObserver:
             registry=r,
         )
         self.fallbacks = Counter(
-            "aib_fallbacks", "Requests served by a fallback (or failed after trying more than one).", ("route",), registry=r
+            "aib_fallbacks",
+            "Requests served by a fallback (or failed after trying more than one).",
+            ("route",),
+            registry=r,
         )
         self.attempts = Counter(
             "aib_upstream_attempts",

@@ -20,8 +20,6 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
-
 from aib.observe.migrations import migrate
 from aib.observe.records import RequestRecord
 
@@ -54,7 +52,7 @@ ATTEMPT_COLUMNS = (
     "ok",
 )
 BODY_COLUMNS = ("req_id", "request", "response")
-_MAX_VARIABLES = 30_000  # below SQLITE_MAX_VARIABLE_NUMBER (32766 by default since SQLite 3.32)
+ROWS_PER_INSERT = 100  # x 22 columns: far below SQLite's 32766 variables per statement
 DELETE_CHUNK = 5000
 
 
@@ -68,40 +66,17 @@ def connect(path: Path, busy_timeout_ms: int = 200) -> sqlite3.Connection:
     return db
 
 
-def _json_insert(table: str, columns: tuple[str, ...]) -> str:
-    picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
-    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT {picks} FROM json_each(?)"
-
-
-_JSON_INSERTS = {
-    "requests": _json_insert("requests", REQUEST_COLUMNS),
-    "attempts": _json_insert("attempts", ATTEMPT_COLUMNS),
-}
-
-
 def _insert_many(
     db: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: list[tuple[object, ...]]
 ) -> None:
-    """Insert all rows with as few statements as possible (each one releases the GIL once, not per row).
-
-    Rows travel as one JSON array (orjson, one C call) into one cached statement; rows JSON cannot
-    carry (bytes bodies, odd strings) go as multi-row VALUES instead.
-    """
+    """Multi-row INSERTs of up to ``ROWS_PER_INSERT`` rows: one SQLite call (one GIL release) per chunk,
+    and the full-size statement is compiled once (sqlite3 caches statements by their text)."""
     if not rows:
         return
-    sql = _JSON_INSERTS.get(table)
-    if sql is not None:
-        try:
-            db.execute(sql, (orjson.dumps(rows),))
-            return
-        except orjson.JSONEncodeError:
-            pass
-    width = len(columns)
-    per = max(_MAX_VARIABLES // width, 1)
-    one = "(" + ",".join("?" * width) + ")"
+    one = "(" + ",".join("?" * len(columns)) + ")"
     insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-    for i in range(0, len(rows), per):
-        chunk = rows[i : i + per]
+    for i in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[i : i + ROWS_PER_INSERT]
         db.execute(insert + ",".join([one] * len(chunk)), [v for row in chunk for v in row])
 
 
