@@ -574,9 +574,9 @@ def test_request_id_round_trip(client: httpx.Client, up1: ScriptedUpstream) -> N
 def test_request_id_generated(client: httpx.Client, up1: ScriptedUpstream) -> None:
     r1, r2 = chat(client, "m-one"), chat(client, "m-one")
     rid = r1.headers["x-request-id"]
-    assert re.fullmatch(r"[0-9a-f]{22}", rid) and rid != r2.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", rid) and rid != r2.headers["x-request-id"]
     assert up1.requests[0].headers["x-request-id"] == rid
-    assert re.fullmatch(r"[0-9a-f]{22}", assert_envelope_id(chat(client, "unknown-x")))
+    assert re.fullmatch(r"[0-9a-f]{32}", assert_envelope_id(chat(client, "unknown-x")))
 
 
 @pytest.mark.parametrize("bad", ["x" * 129, "caf\u00e9", "tab\there"])
@@ -584,10 +584,10 @@ def test_unusable_request_id_is_replaced(client: httpx.Client, up1: ScriptedUpst
     """Too long, non-ASCII or with control characters: a fresh id everywhere, never a truncated one."""
     r = chat(client, "m-one", headers={"x-request-id": bad.encode("utf-8")})  # type: ignore[dict-item]
     rid = r.headers["x-request-id"]
-    assert re.fullmatch(r"[0-9a-f]{22}", rid)
+    assert re.fullmatch(r"[0-9a-f]{32}", rid)
     assert up1.requests[-1].headers["x-request-id"] == rid
     assert re.fullmatch(
-        r"[0-9a-f]{22}", assert_envelope_id(chat(client, "unknown-x", headers={"x-request-id": "y" * 200}))
+        r"[0-9a-f]{32}", assert_envelope_id(chat(client, "unknown-x", headers={"x-request-id": "y" * 200}))
     )
 
 

@@ -59,13 +59,14 @@ class Gateway:
         self.pool = UpstreamPool()
         self.proxy = Proxy(self.state, self.pool)
         self.observers: list[Observer] = list(observers or [])
+        self.on_startup: list[Callable[[], object]] = []  # run at startup (config watcher, SIGHUP handler)
         self.on_shutdown: list[Callable[[], object]] = []  # run last at shutdown (flush the request log)
         self.on_reload: list[Callable[[str], None]] = []  # told "success" or "failure" after each reload
         self.keep_bodies = False  # put the request body on the record (request-log body logging)
         self.health: HealthMonitor | None = None
         self.inflight = 0
         self.ready = False
-        self._rid_prefix = os.urandom(6).hex()
+        self._rid_prefix = os.urandom(10).hex()
         self._rid_counter = itertools.count(1)
         self._models_cache: tuple[int, bytes] | None = None
         self._routes: dict[str, dict[str, Handler]] = {}
@@ -133,6 +134,10 @@ class Gateway:
             self.health = HealthMonitor(lambda: self.base_plan, self._discovered, self.state, self.pool)
             self.health.sync()
             asyncio.get_running_loop().create_task(self._first_probe())
+        for hook in self.on_startup:
+            result = hook()
+            if asyncio.iscoroutine(result):
+                await result
         self.ready = True
 
     async def _first_probe(self) -> None:
@@ -216,7 +221,9 @@ class Gateway:
         plan = self.plan
         rid = _header(scope, b"x-request-id")
         if not rid or len(rid) > 128 or not rid.isascii() or not rid.isprintable():
-            rid = f"{self._rid_prefix}{next(self._rid_counter):010x}"  # unique, cheaper than uuid4
+            # unique and cheaper than uuid4; 32 hex digits because llama-cpp-python answers 400 to an
+            # x-request-id that does not parse as a UUID
+            rid = f"{self._rid_prefix}{next(self._rid_counter):012x}"
         record = RequestRecord(request_id=rid, endpoint=endpoint, model="", started_at=time.time())
         t0 = time.perf_counter()
         self.inflight += 1

@@ -236,9 +236,10 @@ class Proxy:
         data = orjson.dumps(body)
         pool = self.pool.http(info)
         head = self.pool.head(info, endpoint)
-        extra = b"x-request-id: %s\r\n" % record.request_id.encode()
+        extra = b"x-request-id: %s\r\n" % kind_for(info.type).upstream_request_id(record.request_id).encode()
         t = group.timeouts
-        start = loop.time()
+        start = loop.time()  # deadlines: the loop's clock (asyncio.timeout uses it)
+        t0 = time.perf_counter()  # durations: uvloop's loop.time() has only millisecond resolution
         stats.inflight += 1
         stats.requests += 1
         resp: Response | None = None
@@ -247,7 +248,7 @@ class Proxy:
                 async with asyncio.timeout(max(min(t.first_byte_s, deadline - start), 0.001)):
                     resp = await pool.request(head, data, extra, t.connect_s)
                     first = await resp.readany() if stream and resp.status == 200 else b""
-                attempt.ttfb_s = loop.time() - start
+                attempt.ttfb_s = time.perf_counter() - t0
                 attempt.status = resp.status
                 if not stream or resp.status != 200:
                     async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
@@ -295,7 +296,7 @@ class Proxy:
                 raise
         finally:
             stats.inflight -= 1
-            attempt.duration_s = loop.time() - start
+            attempt.duration_s = time.perf_counter() - t0
             record.upstream_s += attempt.duration_s
             if resp is not None:
                 resp.release()

@@ -24,6 +24,10 @@ class ProviderKind:
         key = os.environ.get(info.api_key_env) if info.api_key_env else None
         return {"authorization": f"Bearer {key}"} if key else {}
 
+    def upstream_request_id(self, request_id: str) -> str:
+        """The ``x-request-id`` sent upstream (the client's or the gateway's own, unchanged)."""
+        return request_id
+
     def healthy(self, status: int, payload: Any) -> tuple[bool, str | None]:
         """Read a probe answer: (healthy, reason when not)."""
         if 200 <= status < 300:

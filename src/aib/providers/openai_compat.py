@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, ClassVar
 
 from aib.providers.base import ProviderKind
@@ -28,6 +29,14 @@ class LlamaCpp(ProviderKind):
 
     type: ClassVar[str] = "llamacpp"
     stream_usage: ClassVar[bool] = True  # llama-server honours it; llama-cpp-python ignores the field
+
+    def upstream_request_id(self, request_id: str) -> str:
+        """llama-cpp-python's server answers 400 to an ``x-request-id`` that is not a UUID; send a UUID
+        derived from the id (stable, so the two can be matched), the id itself when it is one."""
+        try:
+            return str(uuid.UUID(request_id))
+        except ValueError:
+            return str(uuid.uuid5(uuid.NAMESPACE_URL, f"aib:{request_id}"))
 
     def healthy(self, status: int, payload: Any) -> tuple[bool, str | None]:
         if status == 200 and isinstance(payload, dict) and payload.get("status") not in (None, "ok"):
