@@ -169,6 +169,16 @@ def test_completions(gw: RunningGateway) -> None:
     assert raw.headers["x-aib-provider"] == "llama_a"
 
 
+@pytest.mark.parametrize("rid", ["req-1", "2f1c8a7e-9b1d-4c3a-8e5f-0a1b2c3d4e5f"])
+def test_any_client_request_id_works(gw: RunningGateway, rid: str) -> None:
+    """llama-cpp-python rejects a non-UUID x-request-id with 400; the gateway maps it, the client keeps it."""
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="smollm-a", messages=PROMPT, max_tokens=4, extra_headers={"x-request-id": rid}
+    )
+    assert raw.parse().choices[0].message.content is not None
+    assert raw.headers["x-request-id"] == rid
+
+
 def test_models_list_names_the_providers(gw: RunningGateway) -> None:
     c = client(gw)
     owners = {m.id: m.owned_by for m in c.models.list()}
