@@ -26,7 +26,8 @@ def test_every_hook_runs_a_venv_tool() -> None:
     assert {"ruff", "ruff-format", "mypy", "aib-validate", "aib-generated-fresh"} <= names
     for h in hooks():
         entry = str(h["entry"])
-        tools = [t for t in shlex.split(entry) if t.startswith(".venv/bin/")]
+        words = [w for t in shlex.split(entry) for w in shlex.split(t)]  # `bash -c '...'` nests one level
+        tools = [w for w in words if w.startswith(".venv/bin/")]
         assert tools, f"{h['id']}: entry {entry!r} does not use the project's .venv"
         for tool in tools:
             assert (BIN / Path(tool).name).exists(), f"{h['id']}: {tool} is not installed"
