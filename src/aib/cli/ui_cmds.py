@@ -1,7 +1,88 @@
-"""Placeholder: its commands land with their issue."""
+"""`aib ui`: the web UI (Gradio) on 127.0.0.1:5001, a client of a running gateway.
+
+aib ui                                   gateway http://127.0.0.1:4000, request log var/requests.db
+aib ui --port 5002 --gateway http://127.0.0.1:4001 --db /srv/aib/requests.db
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from typing import Annotated
 
 import typer
 
+from aib.cli.common import EXIT_BAD_INPUT, GatewayOpt, console, err_console, fail
+
+DEFAULT_DB = "var/requests.db"
+OFF = ("off", "none", "0", "false", "no", "")
+
 
 def register(app: typer.Typer) -> None:
-    """Nothing yet."""
+    app.command("ui")(ui)
+
+
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the web UI (on 127.0.0.1).", min=1, max=65535)] = 5001,
+    gateway: GatewayOpt = "http://127.0.0.1:4000",
+    db: Annotated[
+        str,
+        typer.Option(
+            "--db",
+            envvar="AIB_REQUEST_LOG",
+            help="The gateway's request log (SQLite), read for analytics and history; 'off' for none.",
+        ),
+    ] = DEFAULT_DB,
+) -> None:
+    """Start the web UI: chat, compare models side by side, analytics, request history, provider health.
+
+    The UI talks to the gateway like any client (OpenAI API) and reads the request log read-only.
+    Needs the ui extra (gradio, matplotlib): see the README's Web UI section.
+    """
+    missing = [m for m in ("gradio", "matplotlib", "openai") if importlib.util.find_spec(m) is None]
+    if missing:
+        fail(f"the web UI needs {', '.join(missing)}: install the ui extra (pip install -e '.\\[ui]')")
+    from aib.cli.http import GatewayDown, request_json
+    from aib.webui.gateway import root_url
+
+    try:
+        url = root_url(gateway)
+    except ValueError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    request_log = None if db.strip().lower() in OFF else db
+    if not _port_free(port):
+        fail(f"port {port} on 127.0.0.1 is in use: choose another with --port")
+    try:
+        request_json(url + "/health/live", timeout=2)
+    except GatewayDown:
+        err_console.print(
+            f"[yellow]warning:[/yellow] nothing answers at {url} yet; the UI says so until the gateway runs "
+            "(start it with `aib serve`)",
+            soft_wrap=True,
+        )
+    from aib.webui.app import close_ui, create_ui, launch_ui
+
+    demo = create_ui(url, request_log)
+    console.print(
+        f"web UI on http://127.0.0.1:{port}  (gateway {url}, request log {request_log or 'off'})",
+        soft_wrap=True,
+    )
+    console.print("Ctrl-C stops it.")
+    try:
+        launch_ui(demo, port, block=True, quiet=True)
+    except OSError as exc:  # taken between the check and the launch
+        fail(f"cannot listen on 127.0.0.1:{port}: {exc}")
+    except KeyboardInterrupt:  # Ctrl-C while starting
+        pass
+    finally:
+        close_ui(demo)
+    console.print("web UI stopped")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,163 @@
+"""Build the web UI (:func:`create_ui`) and serve it on 127.0.0.1 (:func:`launch_ui`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import gradio as gr
+
+from aib.webui import analytics, chat, compare, health, history
+from aib.webui.context import WARN, UIContext
+from aib.webui.gateway import GatewayProblem
+
+T = TypeVar("T")
+HOST = "127.0.0.1"
+CONCURRENCY = 16  # streams served at once across all browser sessions
+CSS = """
+.aib-meta, .aib-meta p { font-size: 0.85em; color: var(--body-text-color-subdued); }
+#chat-box sub { color: var(--body-text-color-subdued); }
+footer { display: none !important; }
+#health-table th, #health-table td:not(:last-child), #analytics-table th { white-space: nowrap; }
+"""
+
+
+def _with_running_loop(fn: Callable[[], T]) -> T:
+    """Run ``fn`` while an event loop is running in this thread.
+
+    Gradio builds its locks with ``utils.safe_get_lock``, which creates (and never closes) a new event
+    loop whenever none is running: a dozen leaked loops and sockets per UI. Building and launching
+    inside a short-lived running loop (closed by ``asyncio.run``) avoids that.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+
+        async def call() -> T:
+            return fn()
+
+        return asyncio.run(call())
+    return fn()
+
+
+def _theme() -> gr.themes.Base:
+    # system fonts: the page must not fetch fonts from the internet
+    return gr.themes.Default(
+        primary_hue="blue",
+        font=["ui-sans-serif", "system-ui", "sans-serif"],
+        font_mono=["ui-monospace", "monospace"],
+    )
+
+
+def refresh_models(ctx: UIContext, chat_model: str | None, compare_models: list[str] | None) -> list[Any]:
+    """Outputs: header line, the chat model dropdown, the compare models dropdown."""
+    try:
+        models = ctx.gateway.models()
+    except GatewayProblem as exc:
+        return [f"{WARN} **down**: {exc}", gr.skip(), gr.skip()]
+    if not models:
+        line = f"Gateway {ctx.gateway.url} · **up**, but it lists no models: check its configuration (`aib models`)."
+    else:
+        line = f"Gateway {ctx.gateway.url} · **up** · {len(models)} model{'s' if len(models) != 1 else ''}"
+    keep = chat_model if chat_model else (models[0] if models else None)
+    chosen = [m for m in compare_models or [] if m]
+    if not chosen and len(models) >= 2:
+        chosen = models[:2]
+    return [
+        line,
+        gr.update(choices=models, value=keep),
+        gr.update(choices=models, value=chosen),
+    ]
+
+
+def create_ui(gateway_url: str, request_log_path: Path | str | None) -> gr.Blocks:
+    """The whole UI as ``gr.Blocks``, talking to the gateway at ``gateway_url`` (``http://host:port``)
+    and reading the request log at ``request_log_path`` (None: no analytics or history).
+
+    Nothing is contacted until a page is opened. The blocks carry their :class:`UIContext` as
+    ``.aib_context``; close it when the UI is done (``launch_ui`` callers: ``close_ui``).
+    """
+    ctx = UIContext(gateway_url, request_log_path)
+    demo = _with_running_loop(lambda: _build(ctx))
+    demo.aib_context = ctx  # type: ignore[attr-defined]
+    return demo
+
+
+def _build(ctx: UIContext) -> gr.Blocks:
+    dropdowns: list[gr.Dropdown] = []
+    with gr.Blocks(title="aib · ai-backend-unified", analytics_enabled=False) as demo:
+        with gr.Row(equal_height=True):
+            gr.Markdown("## ai-backend-unified", elem_id="title")
+            line = gr.Markdown(f"Gateway {ctx.gateway.url}", elem_id="gateway-line")
+            reload_models = gr.Button(
+                "Reload models", size="sm", scale=0, min_width=140, elem_id="models-reload"
+            )
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                chat.build(ctx, dropdowns)
+            with gr.Tab("Compare", id="compare"):
+                compare.build(ctx, dropdowns)
+            with gr.Tab("Analytics", id="analytics", render_children=True) as analytics_tab:
+                a_fn, a_in, a_out = analytics.build(ctx)
+            with gr.Tab("History", id="history") as history_tab:
+                h_fn, h_in, h_out = history.build(ctx)
+            with gr.Tab("Health", id="health") as health_tab:
+                hl_fn, hl_in, hl_out = health.build(ctx)
+
+        def _models(chat_model: str | None, compare_models: list[str] | None) -> list[Any]:
+            return refresh_models(ctx, chat_model, compare_models)
+
+        for trigger in (demo.load, reload_models.click):
+            trigger(_models, dropdowns, [line, *dropdowns], show_progress="hidden")
+        analytics_tab.select(a_fn, a_in, a_out, show_progress="minimal")
+        history_tab.select(h_fn, h_in, h_out)
+        health_tab.select(hl_fn, hl_in, hl_out, show_progress="hidden")
+    return demo  # type: ignore[no-any-return]
+
+
+def launch_ui(demo: gr.Blocks, port: int = 5001, *, block: bool = True, quiet: bool = False) -> str:
+    """Serve ``demo`` on http://127.0.0.1:PORT and return its URL: right away with ``block=False``,
+    else when the server stops or on Ctrl-C. Stop it with :func:`close_ui`."""
+
+    def start() -> str:
+        # Gradio's queue rebuilds a pandas summary of every past event after each event, for a
+        # monitoring page we do not serve: O(events) work per click, and a pandas deprecation warning.
+        os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**31))
+        demo.queue(default_concurrency_limit=CONCURRENCY)
+        _app, url, _share = demo.launch(
+            server_name=HOST,
+            server_port=port,
+            prevent_thread_lock=True,
+            share=False,
+            inbrowser=False,
+            show_error=True,
+            quiet=quiet,
+            ssr_mode=False,
+            mcp_server=False,
+            run_history=False,
+            enable_monitoring=False,
+            theme=_theme(),
+            css=CSS,
+        )
+        return str(url).rstrip("/")
+
+    url = _with_running_loop(start)
+    if block:
+        try:
+            while demo.is_running:
+                time.sleep(0.2)
+        except KeyboardInterrupt:  # Ctrl-C: a normal way to stop; the caller closes the UI
+            pass
+    return url
+
+
+def close_ui(demo: gr.Blocks) -> None:
+    """Stop the server (when launched) and close the UI's gateway client."""
+    demo.close()
+    ctx = getattr(demo, "aib_context", None)
+    if isinstance(ctx, UIContext):
+        ctx.close()
