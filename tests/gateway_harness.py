@@ -145,11 +145,13 @@ def running_gateway(
     *,
     loop: str = "uvloop",
     startup_timeout: float = 10.0,
+    setup: Callable[[Gateway], object] | None = None,
 ) -> Iterator[RunningGateway]:
     """Serve the gateway on a free port in a background thread for the ``with`` block.
 
     ``source`` is a plan, a ``(plan, loaded_config)`` pair (breaker settings come from the config)
     or a config folder. Startup is complete (lifespan ran, ``/health/live`` answers) when this yields.
+    ``setup(gateway)`` runs before the server starts (e.g. ``aib.reload.install_reload``).
     """
     config: LoadedConfig | None = None
     if isinstance(source, RoutingPlan):
@@ -160,6 +162,8 @@ def running_gateway(
         plan, config, _ = build_plan(Path(source))
     observer = RecordingObserver()
     gw = create_app(plan, settings or gateway_settings(), config, observers=[observer])
+    if setup is not None:
+        setup(gw)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, 0))

@@ -42,6 +42,9 @@ def build_gateway(settings: GatewaySettings, observe: ObserveSettings | None = N
     )
     gateway = create_app(plan, settings, cfg)
     install_observability(gateway, observe or ObserveSettings.from_env())
+    from aib.reload import install_reload  # the layer above the gateway; imported when a server is built
+
+    install_reload(gateway, None if cdir == DEFAULTS_DIR else cdir)
     return gateway
 
 

@@ -21,6 +21,13 @@ class GatewaySettings:
     admin_key_env: str = "AIB_ADMIN_KEY"
     health_checks: bool = True  # background probes (tests of routing alone turn them off)
     drain_timeout_s: float = 30.0
+    # hot reload (aib.reload); None: from AIB_RELOAD_WATCH, AIB_RELOAD_DEBOUNCE_MS, AIB_BACKUPS_KEEP,
+    # AIB_BACKUPS_DIR, AIB_RELOAD_VERIFY_TIMEOUT_S, else the defaults in aib.reload.settings
+    watch_config: bool | None = None
+    reload_debounce_ms: int | None = None
+    backups_keep: int | None = None
+    backups_dir: Path | None = None
+    reload_verify_timeout_s: float | None = None
 
     @property
     def admin_key(self) -> str | None:
