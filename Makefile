@@ -20,7 +20,7 @@ APT_PACKAGES ?= prometheus wrk chromium systemd
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: venv install sysdeps test run lint demo bench monitoring profile generate
+.PHONY: venv install sysdeps test run lint demo bench monitoring profile generate litellm
 
 venv: $(PY)
 
@@ -65,6 +65,15 @@ demo: install
 
 bench: install
 	$(VENV)/bin/aib bench
+
+# LiteLLM, the second engine (`aib serve --engine litellm`, `aib bench`), in its own venv: ~750 MB and
+# 118 packages, never a dependency of aib itself. 1.108.7 is the version whose proxy extra resolves here.
+LITELLM_VENV := .venv-litellm
+litellm: $(LITELLM_VENV)/bin/litellm
+
+$(LITELLM_VENV)/bin/litellm:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install 'litellm[proxy]==1.108.7' prometheus-client==0.26.0
 
 monitoring: install
 	bash scripts/run-prometheus.sh

@@ -23,27 +23,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import platform
-import re
-import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import httptools
 import orjson
-import psutil
+
+from aib.benchmark.client import RawConn, check_ok, first_ok, stream_check
+from aib.benchmark.client import http_request as _http_request
+from aib.benchmark.client import paired as _paired
+from aib.benchmark.load import pyload, run_wrk
+from aib.benchmark.procs import Proc, cpu_busy_s, free_port, own_cpu_s, wait_quiet
+from aib.benchmark.procs import machine_info as _machine_info
+from aib.benchmark.procs import spawn as _spawn
+from aib.benchmark.procs import wait_ready as _wait_ready
+from aib.benchmark.stats import pct
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -62,6 +63,7 @@ BODY = orjson.dumps(
     }
 )
 STREAM_BODY = orjson.dumps({**orjson.loads(BODY), "stream": True})
+_stream_check = stream_check(FAKE_CHUNKS + 2)
 
 # (server, client). "raw" = hand-rolled asyncio.Protocol + httptools (reference floor, not a framework).
 CANDIDATES = [
@@ -80,195 +82,29 @@ EXTRA = [("uvicorn", "aiohttp-default"), ("aiohttp-lowlevel", "aiohttp"), ("gran
 TARGETS = {"added_p50_us": 300.0, "rps_ratio": 0.40, "ttft_added_us": 1000.0, "rss_mb": 100.0}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def http_request(body: bytes, port: int) -> bytes:
-    return (
-        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (PATH.encode(), port, len(body), body)
-    )
-
-
-# --------------------------------------------------------------------------- raw measuring client
-
-
-class RawConn:
-    """Blocking keep-alive HTTP/1.1 connection with an httptools response parser: minimal client noise."""
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.port = port
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.parser = httptools.HttpResponseParser(self)
-        self.body = bytearray()
-        self.done = False
-        self.first_body = 0.0
-
-    def on_body(self, data: bytes) -> None:
-        if not self.body:
-            self.first_body = time.perf_counter()
-        self.body += data
-
-    def on_message_complete(self) -> None:
-        self.done = True
-
-    def roundtrip(self, req: bytes) -> tuple[int, bytes, float, float]:
-        """Returns (status, body, total seconds, seconds to the first body byte)."""
-        self.body, self.done = bytearray(), False
-        t0 = time.perf_counter()
-        self.sock.sendall(req)
-        while not self.done:
-            data = self.sock.recv(262144)
-            if not data:
-                raise ConnectionError("closed by peer")
-            self.parser.feed_data(data)
-        t1 = time.perf_counter()
-        return self.parser.get_status_code(), bytes(self.body), t1 - t0, self.first_body - t0
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def pct(sorted_vals: list[float], q: float) -> float:
-    if not sorted_vals:
-        return float("nan")
-    return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
+    return _http_request(body, port, PATH)
 
 
 def _check_stream(status: int, body: bytes) -> None:
-    events = body.count(b"data: ")
-    if status != 200 or not body.endswith(b"data: [DONE]\n\n") or events != FAKE_CHUNKS + 2:
-        raise RuntimeError(f"bad stream: status {status}, {events} events")
+    _stream_check(status, body)
+    if body.count(b"data: ") != FAKE_CHUNKS + 2:
+        raise RuntimeError(f"bad stream: {body.count(b'data: ')} events, want {FAKE_CHUNKS + 2}")
 
 
 def paired(ports: tuple[int, int], n: int, warmup: int, stream: bool, max_s: float) -> list[dict[str, float]]:
     """Sequential requests over one keep-alive connection per port, interleaved in blocks of 25 so that
     background noise hits the direct and the proxied path alike. Returns one summary per port."""
     body = STREAM_BODY if stream else BODY
-    conns = [RawConn(p) for p in ports]
-    reqs = [http_request(body, p) for p in ports]
-    totals: list[list[float]] = [[], []]
-    firsts: list[list[float]] = [[], []]
-    deadline = time.monotonic() + max_s
-    block = 25
-    try:
-        for i in range(0, warmup + n, block):
-            if time.monotonic() > deadline:
-                break
-            for k in (0, 1):
-                for _ in range(block):
-                    status, data, total, first = conns[k].roundtrip(reqs[k])
-                    if stream:
-                        _check_stream(status, data)
-                    elif status != 200:
-                        raise RuntimeError(f"status {status} from port {ports[k]}")
-                    if i >= warmup:
-                        totals[k].append(total * 1e6)
-                        firsts[k].append(first * 1e6)
-    finally:
-        for c in conns:
-            c.close()
-    out = []
-    for k in (0, 1):
-        tot, fst = sorted(totals[k]), sorted(firsts[k])
-        if stream:
-            out.append(
-                {
-                    "n": len(tot),
-                    "ttft_p50_us": pct(fst, 0.5),
-                    "ttft_p99_us": pct(fst, 0.99),
-                    "total_p50_us": pct(tot, 0.5),
-                }
-            )
-        else:
-            out.append(
-                {
-                    "n": len(tot),
-                    "p50_us": pct(tot, 0.5),
-                    "p99_us": pct(tot, 0.99),
-                    "mean_us": sum(tot) / max(1, len(tot)),
-                }
-            )
-    return out
+    check = _check_stream if stream else check_ok
+    return [s.summary(stream) for s in _paired(ports, n, warmup, body, check=check, max_s=max_s)]
 
 
 # --------------------------------------------------------------------------- load at concurrency
 
 
-def _wrk_ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        return float("nan")
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-
 def load_wrk(port: int, conns: int, seconds: float, script: Path) -> dict[str, float]:
-    cmd = [
-        "wrk",
-        "-t1",
-        f"-c{conns}",
-        f"-d{max(1, round(seconds))}s",
-        "--latency",
-        "--timeout",
-        "5s",
-        "-s",
-        str(script),
-        f"http://127.0.0.1:{port}{PATH}",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
-    res: dict[str, float] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
-    m = re.search(r"(\d+) requests in", out)
-    res["requests"] = float(m.group(1)) if m else float("nan")
-    for q in ("50", "99"):
-        m = re.search(rf"^\s+{q}%\s+(\S+)", out, re.M)
-        res[f"lat_p{q}_ms"] = _wrk_ms(m.group(1)) if m else float("nan")
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errs = int(m.group(1)) if m else 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errs += sum(int(x) for x in m.groups()) if m else 0
-    res["errors"] = float(errs)
-    return res
-
-
-async def _pyload(port: int, conns: int, seconds: float) -> dict[str, float]:
-    req = http_request(BODY, port)
-    lat: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                writer.write(req)
-                head = await reader.readuntil(b"\r\n\r\n")
-                m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-                if m is None:
-                    raise RuntimeError("python load generator needs content-length responses")
-                await reader.readexactly(int(m.group(1)))
-                if not head.startswith(b"HTTP/1.1 200"):
-                    errors += 1
-                lat.append(time.perf_counter() - t0)
-        finally:
-            writer.close()
-
-    t0 = time.perf_counter()
-    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(conns))), seconds + 20)
-    elapsed = time.perf_counter() - t0
-    lat.sort()
-    return {
-        "rps": len(lat) / elapsed,
-        "requests": float(len(lat)),
-        "lat_p50_ms": pct(lat, 0.5) * 1e3,
-        "lat_p99_ms": pct(lat, 0.99) * 1e3,
-        "errors": float(errors),
-    }
+    return run_wrk(port, conns, seconds, script, path=PATH)
 
 
 def load_python(port: int, conns: int, seconds: float) -> dict[str, float]:
@@ -362,83 +198,13 @@ def ablation(up_port: int, seconds: float, rounds: int) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- processes
 
 
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def tree(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.popen.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def rss_mb(self) -> float:
-        total = 0
-        for p in self.tree():
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total / 2**20
-
-    def cpu_s(self) -> float:
-        total = 0.0
-        for p in self.tree():
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
-
-    def stop(self) -> None:
-        """SIGTERM the process we started, then any child it left behind, each by PID."""
-        children = self.tree()[1:]
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(8)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                child.terminate()
-                child.wait(3)
-            with contextlib.suppress(psutil.Error):
-                if child.is_running():
-                    child.kill()
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-25:])
-
-
 def spawn(name: str, cmd: list[str], env: dict[str, str], logdir: Path) -> Proc:
-    log = logdir / f"{name}.log"
-    with log.open("wb") as fh:
-        popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    return Proc(name, popen, log)
+    return _spawn(name, cmd, env, logdir, cwd=ROOT)
 
 
 def wait_ready(proc: Proc, port: int, seconds: float) -> None:
     """Poll until the process answers a real forwarded request with 200 (bounded)."""
-    deadline = time.monotonic() + seconds
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
-        try:
-            conn = RawConn(port, timeout=2)
-            try:
-                status, body, _, _ = conn.roundtrip(http_request(BODY, port))
-            finally:
-                conn.close()
-            if status == 200:
-                return
-            last = RuntimeError(f"status {status}: {body[:200]!r}")
-        except OSError as exc:
-            last = exc
-        time.sleep(0.1)
-    raise RuntimeError(f"{proc.name} not ready in {seconds}s: {last}\n{proc.tail()}")
+    _wait_ready(proc, lambda: first_ok(port, BODY), seconds, interval=0.1)
 
 
 def proxy_cmd(server: str, client: str, port: int, upstream: str) -> list[str]:
@@ -486,35 +252,6 @@ def proxy_cmd(server: str, client: str, port: int, upstream: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- orchestration
-
-# --------------------------------------------------------------------------- orchestration
-
-
-def cpu_busy_s() -> float:
-    """Machine-wide user+nice+system CPU seconds (all cores) from /proc/stat.
-
-    irq/softirq (loopback TCP work our own traffic causes) and steal are left out, so that
-    ``cpu_busy_s() - own_cpu_s()`` estimates CPU used by processes that are not part of this benchmark.
-    """
-    user, nice, system = (int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:4])
-    return (user + nice + system) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_quiet(max_wait_s: float, busy_pct: float = 15.0) -> float:
-    """Wait (bounded) until other processes use < ``busy_pct`` of the machine; returns the last busy %."""
-    deadline = time.monotonic() + max_wait_s
-    while True:
-        b0, c0 = cpu_busy_s(), time.process_time()
-        time.sleep(0.25)
-        busy = ((cpu_busy_s() - b0) - (time.process_time() - c0)) / (0.25 * (os.cpu_count() or 1)) * 100
-        if busy < busy_pct or time.monotonic() > deadline:
-            return busy
-
-
-def own_cpu_s(procs: list[Proc]) -> float:
-    """CPU of everything this benchmark runs: our processes, reaped children (wrk), and this process."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return sum(p.cpu_s() for p in procs) + ru.ru_utime + ru.ru_stime + time.process_time()
 
 
 def measure(port: int, a: argparse.Namespace, loader: Any, procs: list[Proc], up_port: int) -> dict[str, Any]:
@@ -573,24 +310,7 @@ class Row:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for pkg in ("uvicorn", "uvloop", "httptools", "aiohttp", "httpx", "granian", "orjson"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[pkg] = metadata.version(pkg)
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "loadavg_start": os.getloadavg(),
-        "versions": versions,
-    }
+    return _machine_info(("uvicorn", "uvloop", "httptools", "aiohttp", "httpx", "granian", "orjson"))
 
 
 def print_table(rows: list[Row], direct: Row) -> None:
@@ -666,7 +386,7 @@ def main() -> int:
         import uvloop
 
         port, conns, secs = a._loadgen.split(",")
-        print(json.dumps(uvloop.run(_pyload(int(port), int(conns), float(secs)))))
+        print(json.dumps(uvloop.run(pyload(int(port), int(conns), float(secs), BODY))))
         return 0
     if a._ablation:
         import uvloop

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from aib.cli.common import ConfigDirOpt, GatewayOpt, JsonOpt, config_errors, console, fail, print_json
+
+
+class Engine(StrEnum):
+    native = "native"
+    litellm = "litellm"
 
 
 def register(app: typer.Typer) -> None:
@@ -26,16 +32,33 @@ def serve(
     no_health_checks: Annotated[
         bool, typer.Option("--no-health-checks", help="Do not probe providers.")
     ] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="native: aib's own gateway. litellm: the real LiteLLM proxy on the same port, with a "
+            "config generated from the same files (needs LiteLLM: `make litellm`).",
+        ),
+    ] = Engine.native,
 ) -> None:
-    """Start the gateway (native engine) on HOST:PORT.
+    """Start the gateway on HOST:PORT (the native engine, or with --engine litellm the LiteLLM proxy).
 
     Reads config/ (or --config-dir); without one, the defaults shipped in the package. Starts even when
     every provider is down: /health says which.
     """
+    from aib.gateway.server import choose_config_dir
     from aib.gateway.server import serve as run
     from aib.gateway.settings import GatewaySettings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if engine is Engine.litellm:
+        from aib.engines.litellm import EngineError, serve_litellm
+
+        try:
+            with config_errors():
+                code = serve_litellm(choose_config_dir(config_dir), host, port)
+        except EngineError as exc:
+            fail(str(exc))
+        raise typer.Exit(code)
     settings = GatewaySettings(
         host=host,
         port=port,
