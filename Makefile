@@ -47,7 +47,7 @@ sysdeps:
 	$$sudo apt-get update; \
 	DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing
 
-test: install sysdeps
+test: install sysdeps litellm
 	@rc=0; $(PY) -m pytest --cov --cov-report=term-missing --cov-fail-under=90 tests/ || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
