@@ -245,14 +245,20 @@ class Proxy:
         resp: Response | None = None
         try:
             try:
-                async with asyncio.timeout(max(min(t.first_byte_s, deadline - start), 0.001)):
+                plain = not stream
+                # one timer per attempt: the first byte's limit, then (whole answers) the request deadline
+                async with asyncio.timeout_at(
+                    start + max(min(t.first_byte_s, deadline - start), 0.001)
+                ) as limit:
                     resp = await pool.request(head, data, extra, t.connect_s)
                     first = await resp.readany() if stream and resp.status == 200 else b""
-                attempt.ttfb_s = time.perf_counter() - t0
-                attempt.status = resp.status
-                if not stream or resp.status != 200:
-                    async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
+                    attempt.ttfb_s = time.perf_counter() - t0
+                    attempt.status = resp.status
+                    if plain or resp.status != 200:
+                        plain = True
+                        limit.reschedule(max(deadline, loop.time() + 0.001))
                         rest = await resp.read()
+                if plain:
                     return await self._finish_plain(
                         info, group, target, resp, rest, attempt, record, watch, send, stats
                     )
