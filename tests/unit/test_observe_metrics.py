@@ -306,3 +306,28 @@ def test_request_done_is_cheap(obs: MetricsObserver) -> None:
         obs.request_done(r)
     per_request_us = (time.perf_counter() - t0) / len(records) * 1e6
     assert per_request_us < 60, f"{per_request_us:.1f} us per request"
+
+
+def test_route_cache_is_bounded(
+    obs: MetricsObserver, gw: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aib.observe import metrics
+
+    monkeypatch.setattr(metrics, "_ROUTE_CACHE_MAX", 10)
+    for i in range(25):
+        res = gw.plan.resolve(f"ollama/m{i}")
+        obs.request_done(
+            make_record(f"ollama/m{i}", route=res.group.name, matched_by="pattern", rule=res.rule)
+        )
+    assert len(obs._routes) <= 10
+    assert (
+        value(
+            obs,
+            "aib_requests_total",
+            route="pattern:ollama/*",
+            provider="ollama",
+            endpoint="chat/completions",
+            status="200",
+        )
+        == 25
+    )
