@@ -296,18 +296,6 @@ def test_asgi_handler_negotiates_the_format(obs: MetricsObserver) -> None:
     assert sent[1]["body"].rstrip().endswith(b"# EOF")
 
 
-def test_request_done_is_cheap(obs: MetricsObserver) -> None:
-    """A regression guard, generous for slow CI machines: the budget per request is tens of microseconds."""
-    records = [make_record(stream=i % 2 == 0) for i in range(2000)]
-    for r in records[:100]:
-        obs.request_done(r)
-    t0 = time.perf_counter()
-    for r in records:
-        obs.request_done(r)
-    per_request_us = (time.perf_counter() - t0) / len(records) * 1e6
-    assert per_request_us < 60, f"{per_request_us:.1f} us per request"
-
-
 def test_route_cache_is_bounded(
     obs: MetricsObserver, gw: FakeGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
