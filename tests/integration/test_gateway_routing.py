@@ -803,6 +803,39 @@ def test_probe_timeout_marks_the_provider_down(tmp_path: Path, up1: ScriptedUpst
     up1.clear()
 
 
+def test_probe_timeout_while_busy_keeps_the_provider(tmp_path: Path, up1: ScriptedUpstream) -> None:
+    """A single-request server (llama-cpp-python) answers probes only between generations: a probe that
+    times out while the gateway has a request in flight there means busy, not down."""
+    up1.clear()
+    yaml = f"""
+        single:
+          type: openai_compatible
+          base_url: {up1.base_url}
+          health: {{interval_s: 0.2, timeout_s: 0.2}}
+    """
+    with one_provider(tmp_path, yaml, "models:\n  m: {provider: single}\n") as gw:
+        assert provider_health(gw, "single")["status"] == "healthy"
+        up1.probe_delay_s = 1.5  # from now on every probe times out
+        up1.enqueue(Reply.sse(texts=("a", "b"), chunk_delay_s=0.6))  # a 1.2 s generation
+        body = {"model": "m", "messages": CHAT, "stream": True}
+        with (
+            httpx.Client(base_url=gw.base_url, timeout=TIMEOUT) as c,
+            c.stream("POST", "/v1/chat/completions", json=body) as r,
+        ):
+            chunks = r.iter_raw()
+            next(chunks)
+            time.sleep(0.5)  # probes time out while the generation runs
+            p = provider_health(gw, "single")
+            rest = b"".join(chunks)
+        assert r.status_code == 200 and b"data: [DONE]" in rest
+        assert p["status"] == "healthy" and "busy" in (p["last_error"] or ""), p
+        deadline = time.monotonic() + 5  # idle now: the next timed-out probe marks it down
+        while provider_health(gw, "single")["status"] != "unhealthy":
+            assert time.monotonic() < deadline, "an idle provider whose probes time out must go down"
+            time.sleep(0.1)
+    up1.clear()
+
+
 @pytest.mark.parametrize(
     ("health_body", "healthy", "reason"),
     [

@@ -89,6 +89,14 @@ class HealthMonitor:
                 payload = orjson.loads(raw) if raw else None
             ok, reason = kind.healthy(status, payload)
         except TimeoutError:
+            busy = self.state.inflight_on(info.name)
+            if busy and h.healthy is not False:
+                # A single-request server (llama-cpp-python) answers probes only between generations:
+                # slow to answer while it works for us is busy, not down. Its breaker still guards
+                # the traffic; a stopped server refuses the connection at once and is marked down.
+                h.last_checked = time.time()
+                h.last_error = f"probe timed out while {busy} request(s) were in flight: busy, kept as is"
+                return bool(h.usable)
             ok, reason = False, f"no answer within {info.health.timeout_s:g}s"
         except aiohttp.ClientConnectorError as exc:
             ok, reason = False, f"cannot connect: {exc.os_error}"

@@ -65,6 +65,11 @@ class RuntimeState:
             h = self.health[name] = ProviderHealth()
         return h
 
+    def inflight_on(self, provider: str) -> int:
+        """Requests in flight to any deployment of ``provider``."""
+        prefix = f"{provider}/"
+        return sum(st.inflight for tid, st in self.targets.items() if tid.startswith(prefix))
+
     def configure_breakers(self, threshold: int, cooldown_s: float) -> None:
         self.breaker_threshold, self.breaker_cooldown_s = threshold, cooldown_s
         for st in self.targets.values():
