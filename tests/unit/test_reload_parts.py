@@ -347,3 +347,15 @@ async def test_watcher_survives_a_missing_folder_and_a_failing_callback(tmp_path
     finally:
         await watcher.stop()
     assert not watcher.running
+
+
+def test_backups_order_by_time_then_suffix_never_by_hash() -> None:
+    from aib.reload.backups import age_order
+
+    ids = [
+        "20261126T052552.980Z-ffff",  # an id from the millisecond format
+        "20261126T052552.980001Z-0000",
+        "20261126T052552.980001Z-0000-2",
+        "20261126T052552.981Z-aaaa",
+    ]
+    assert sorted(reversed(ids), key=age_order) == ids

@@ -60,7 +60,10 @@ class _Checker:
     def deployments(self) -> Iterator[tuple[tuple[str | int, ...], Deployment]]:
         for name, route in self.m.models.items():
             if route.provider:
-                yield ("models", name, "provider"), Deployment(provider=route.provider, upstream=route.upstream)
+                yield (
+                    ("models", name, "provider"),
+                    Deployment(provider=route.provider, upstream=route.upstream),
+                )
             for i, d in enumerate(route.deployments):
                 yield ("models", name, "deployments", i, "provider"), d
 
@@ -116,7 +119,7 @@ class _Checker:
             if served and upstream not in served and not prov.discovery:
                 self.add(
                     "m",
-                    loc[:-1] + ("upstream",) if d.upstream else loc,
+                    (*loc[:-1], "upstream") if d.upstream else loc,
                     f"provider {d.provider!r} does not serve model {upstream!r} (it serves: "
                     f"{', '.join(served)}); add it to providers.yaml or turn on discovery",
                 )
@@ -131,9 +134,7 @@ class _Checker:
                 )
         for name in self.m.models:
             if name.startswith(CAPABILITY_PREFIX):
-                self.add(
-                    "m", ("models", name), f"names starting with {CAPABILITY_PREFIX!r} are reserved"
-                )
+                self.add("m", ("models", name), f"names starting with {CAPABILITY_PREFIX!r} are reserved")
 
     def check_aliases(self) -> None:
         claimed: dict[str, str] = {}
@@ -204,9 +205,11 @@ class _Checker:
                         key = frozenset(path)
                         if key not in reported:
                             reported.add(key)
-                            loc = next(loc for loc, d in edges[start] if aliases.get(d, d) == path[1]) if len(
-                                path
-                            ) > 1 else edges[start][0][0]
+                            loc = (
+                                next(loc for loc, d in edges[start] if aliases.get(d, d) == path[1])
+                                if len(path) > 1
+                                else edges[start][0][0]
+                            )
                             cycle = " -> ".join([*path, start])
                             self.add("m", loc, f"fallback cycle: {cycle}")
                     elif nxt not in path:
@@ -273,7 +276,11 @@ class _Checker:
         default = self.m.defaults.strategy
         for name, route in self.m.models.items():
             strategy = route.strategy or default
-            if route.deployments and strategy == "weighted" and not any(d.weight > 0 for d in route.deployments):
+            if (
+                route.deployments
+                and strategy == "weighted"
+                and not any(d.weight > 0 for d in route.deployments)
+            ):
                 self.add(
                     "m",
                     ("models", name, "deployments"),
@@ -282,7 +289,11 @@ class _Checker:
             ids = [(d.provider, d.upstream or name) for d in route.deployments]
             for i, ident in enumerate(ids):
                 if ident in ids[:i]:
-                    self.add("m", ("models", name, "deployments", i), f"deployment {ident[0]}/{ident[1]} is listed twice")
+                    self.add(
+                        "m",
+                        ("models", name, "deployments", i),
+                        f"deployment {ident[0]}/{ident[1]} is listed twice",
+                    )
 
 
 def check_config(cfg: LoadedConfig) -> list[ConfigIssue]:

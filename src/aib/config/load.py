@@ -124,8 +124,10 @@ def _message(err: Any) -> str:
     if kind == "missing":
         return "required key is missing"
     msg = msg.removeprefix("Value error, ")
-    if kind not in ("value_error", "assertion_error") and "input" in err and not isinstance(
-        err["input"], dict | list
+    if (
+        kind not in ("value_error", "assertion_error")
+        and "input" in err
+        and not isinstance(err["input"], dict | list)
     ):
         msg += f" (got {err['input']!r})"
     return msg

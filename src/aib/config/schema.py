@@ -94,7 +94,7 @@ class ProviderBase(Strict):
         description="Ask the provider which models it serves (/api/tags or /v1/models) and make them "
         "routable under their own names without a config edit.",
     )
-    health: HealthCheck = Field(default_factory=HealthCheck)  # type: ignore[arg-type]
+    health: HealthCheck = Field(default_factory=HealthCheck)
     api_key_env: str | None = Field(
         None,
         pattern=r"^[A-Z_][A-Z0-9_]*$",
@@ -232,9 +232,9 @@ class Breaker(Strict):
 
 class Defaults(Strict):
     strategy: Strategy = "round_robin"
-    timeouts: Timeouts = Field(default_factory=Timeouts)  # type: ignore[arg-type]
-    retries: Retries = Field(default_factory=Retries)  # type: ignore[arg-type]
-    breaker: Breaker = Field(default_factory=Breaker)  # type: ignore[arg-type]
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    retries: Retries = Field(default_factory=Retries)
+    breaker: Breaker = Field(default_factory=Breaker)
 
 
 class Deployment(Strict):
@@ -318,7 +318,7 @@ class MappingsFile(Strict):
     """``config/model-mappings.yaml``."""
 
     version: Literal[1] = 1
-    defaults: Defaults = Field(default_factory=Defaults)  # type: ignore[arg-type]
+    defaults: Defaults = Field(default_factory=Defaults)
     models: dict[ModelName, Route] = Field({}, description="Routes by the name clients ask for.")
     aliases: dict[ModelName, ModelName] = Field({}, description="Extra names -> route name.")
     patterns: tuple[Pattern, ...] = Field((), description="Tried in order after exact names and aliases.")

@@ -81,9 +81,7 @@ def parse_yaml(raw: bytes, display: str) -> tuple[YamlDoc | None, list[ConfigIss
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, [ConfigIssue(display, None, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]
-    if not text.strip() or all(
-        not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()
-    ):
+    if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
         return None, [ConfigIssue(display, None, "", "file is empty")]
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False

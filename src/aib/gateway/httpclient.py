@@ -258,7 +258,9 @@ class Pool:
         lines += [f"{k}: {v}" for k, v in headers.items()]
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
-    async def request(self, head: bytes, body: bytes, extra: bytes = b"", connect_timeout_s: float = 5.0) -> Response:
+    async def request(
+        self, head: bytes, body: bytes, extra: bytes = b"", connect_timeout_s: float = 5.0
+    ) -> Response:
         """Send ``head`` + ``extra`` header lines + Content-Length + ``body``; return at the headers."""
         payload = b"%s%scontent-length: %d\r\n\r\n%s" % (head, extra, len(body), body)
         fresh = False
@@ -319,7 +321,9 @@ class Pool:
         except TimeoutError:
             self._open -= 1
             self._wake_one()
-            raise ConnectError(f"connect to {self.host}:{self.port} timed out after {connect_timeout_s:g}s") from None
+            raise ConnectError(
+                f"connect to {self.host}:{self.port} timed out after {connect_timeout_s:g}s"
+            ) from None
         except OSError as exc:
             self._open -= 1
             self._wake_one()
@@ -332,7 +336,14 @@ class Pool:
 
     def _release(self, conn: _Conn) -> None:
         t = conn.transport
-        if not self.closed and conn.keep_alive and conn._complete and not conn.lost and t is not None and not t.is_closing():
+        if (
+            not self.closed
+            and conn.keep_alive
+            and conn._complete
+            and not conn.lost
+            and t is not None
+            and not t.is_closing()
+        ):
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
         elif t is not None and not conn.lost:

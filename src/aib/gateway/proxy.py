@@ -31,7 +31,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 # what each endpoint must carry besides `model`, and the type it must have
-REQUIRED = {
+REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "chat/completions": ("messages", list),
     "completions": ("prompt", (str, list)),
     "embeddings": ("input", (str, list)),

@@ -25,7 +25,7 @@ from aib.config.load import MAPPINGS_FILE, PROVIDERS_FILE
 log = logging.getLogger("aib.reload")
 META = "meta.json"
 REJECTED = "rolled-back"
-ID_RE = re.compile(r"^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]+(-\d+)?$")
+ID_RE = re.compile(r"^\d{8}T\d{6}\.\d{3}(\d{3})?Z-[0-9a-f]+(-\d+)?$")
 
 
 class BackupError(Exception):
@@ -49,7 +49,16 @@ class BackupInfo:
 
 def new_id(version: str, now: datetime | None = None) -> str:
     t = now or datetime.now(UTC)
-    return f"{t:%Y%m%dT%H%M%S}.{t.microsecond // 1000:03d}Z-{version}"
+    return f"{t:%Y%m%dT%H%M%S}.{t.microsecond:06d}Z-{version}"
+
+
+def age_order(backup_id: str) -> tuple[str, int]:
+    """Sort key, oldest first: the time (ms ids of older versions padded to µs), then the collision
+    suffix; never the config hash, which says nothing about which backup came first."""
+    stamp, _, rest = backup_id.partition("Z-")
+    date, _, frac = stamp.partition(".")
+    suffix = rest.rsplit("-", 1)[1] if rest.count("-") == 1 else "0"
+    return (f"{date}.{frac:0<6}", int(suffix) if suffix.isdigit() else 0)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -152,7 +161,7 @@ class BackupStore:
         except OSError as exc:
             raise BackupError(f"cannot list backups in {self.root}: {_why(exc)}") from None
         out = []
-        for name in sorted(names, reverse=True):
+        for name in sorted(names, key=age_order, reverse=True):
             try:
                 meta = orjson.loads((self.root / name / META).read_bytes())
                 if not isinstance(meta, dict):
@@ -209,7 +218,9 @@ class BackupStore:
 
     def prune(self) -> None:
         try:
-            names = sorted(p.name for p in self.root.iterdir() if ID_RE.match(p.name) and p.is_dir())
+            names = sorted(
+                (p.name for p in self.root.iterdir() if ID_RE.match(p.name) and p.is_dir()), key=age_order
+            )
         except OSError:
             return
         for name in names[: max(len(names) - self.keep, 0)]:
