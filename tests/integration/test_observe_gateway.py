@@ -356,8 +356,13 @@ def test_bodies_are_stored_only_when_enabled(tmp_path: Path, up: ScriptedUpstrea
                     == 200
                 )
         with sqlite3.connect(db) as con:
-            stored = con.execute("SELECT request FROM bodies").fetchall()
-        assert stored == ([(orjson.dumps({"model": "m1", "messages": CHAT}),)] if enabled else [])
+            stored = con.execute("SELECT request, response FROM bodies").fetchall()
+        if not enabled:
+            assert stored == []
+            continue
+        [(request, response)] = stored
+        assert request == orjson.dumps({"model": "m1", "messages": CHAT})
+        assert orjson.loads(response)["object"] == "chat.completion"  # the upstream's answer, as sent
 
 
 def test_provider_health_in_metrics(tmp_path: Path, up: ScriptedUpstream) -> None:

@@ -395,6 +395,8 @@ class Proxy:
         watch: DisconnectWatch,
     ) -> None:
         watch.close()  # the response completes with this send; from here on a "disconnect" is the end
+        if record.request_body is not None:  # body logging is on (streams keep only the request)
+            record.response_body = data
         record.status = status
         record.provider, record.upstream = target.provider, target.upstream
         headers = self._headers(b"application/json", target, record)
