@@ -25,7 +25,7 @@ from aib.gateway.upstream import UpstreamPool
 from aib.observe.records import Attempt, RequestRecord
 from aib.providers import kind_for
 from aib.routing import balance
-from aib.routing.state import RuntimeState
+from aib.routing.state import RuntimeState, TargetStats
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -50,6 +50,22 @@ class Failure:
     error: GatewayError
     retriable: bool
     retry_after_s: float | None = None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One attempt at one deployment: what the steps after the upstream's answer all need."""
+
+    info: ProviderInfo
+    group: Group
+    target: Target
+    attempt: Attempt
+    record: RequestRecord
+    watch: DisconnectWatch
+    send: Send
+    stats: TargetStats
+    strip_usage: bool = False
+    read_timeout_s: float = 120.0
 
 
 def parse_request(endpoint: str, body: bytes) -> tuple[dict[str, Any], str, bool]:
@@ -258,26 +274,15 @@ class Proxy:
                         plain = True
                         limit.reschedule(max(deadline, loop.time() + 0.001))
                         rest = await resp.read()
-                if plain:
-                    return await self._finish_plain(
-                        info, group, target, resp, rest, attempt, record, watch, send, stats
-                    )
-                return await self._finish_stream(
-                    info,
-                    target,
-                    resp,
-                    first,
-                    attempt,
-                    record,
-                    watch,
-                    send,
-                    stats,
-                    strip_usage,
-                    t.first_byte_s,
+                x = Exchange(
+                    info, group, target, attempt, record, watch, send, stats, strip_usage, t.first_byte_s
                 )
+                if plain:
+                    return await self._finish_plain(x, resp, rest)
+                return await self._finish_stream(x, resp, first)
             except TimeoutError:
                 what = "first byte" if attempt.ttfb_s is None else "end of response"
-                return self._fail(
+                return _fail(
                     stats,
                     attempt,
                     504,
@@ -285,11 +290,11 @@ class Proxy:
                     "upstream_timeout",
                 )
             except ConnectError as exc:
-                return self._fail(
+                return _fail(
                     stats, attempt, 502, f"{info.name} is unreachable: {exc}", "upstream_unreachable"
                 )
             except UpstreamError as exc:
-                return self._fail(
+                return _fail(
                     stats,
                     attempt,
                     502,
@@ -307,41 +312,15 @@ class Proxy:
             if resp is not None:
                 resp.release()
 
-    def _fail(
-        self,
-        stats: Any,
-        attempt: Attempt,
-        status: int,
-        message: str,
-        code: str,
-        retry_after: float | None = None,
-        retriable: bool = True,
-    ) -> Failure:
-        attempt.error = message
-        stats.failures += 1
-        stats.breaker.failure(message, retry_after)
-        return Failure(upstream_failed(status, message, code), retriable, retry_after)
-
-    async def _finish_plain(
-        self,
-        info: ProviderInfo,
-        group: Group,
-        target: Target,
-        resp: Response,
-        data: bytes,
-        attempt: Attempt,
-        record: RequestRecord,
-        watch: DisconnectWatch,
-        send: Send,
-        stats: Any,
-    ) -> Failure | None:
+    async def _finish_plain(self, x: Exchange, resp: Response, data: bytes) -> Failure | None:
+        info, attempt, record, stats = x.info, x.attempt, x.record, x.stats
         status = resp.status
         ctype = resp.headers.get("content-type", "")
-        if status in group.retry_on_status or status >= 500:
+        if status in x.group.retry_on_status or status >= 500:
             detail = _error_detail(data)
             retry_after = _retry_after(resp.headers) if status in (429, 503) else None
             code = "upstream_rate_limited" if status == 429 else "upstream_error"
-            fail = self._fail(
+            fail = _fail(
                 stats,
                 attempt,
                 502 if status != 429 else 429,
@@ -367,11 +346,11 @@ class Proxy:
                     "invalid_request_error",
                     "upstream_rejected",
                 )
-            await self._respond(send, status, data, target, record, watch)
+            await self._respond(x, status, data)
             return None
         if not isinstance(parsed, dict):
             what = "non-JSON" if "json" in ctype else f"content type {ctype or 'none'!r}"
-            return self._fail(
+            return _fail(
                 stats, attempt, 502, f"{info.name} sent an unusable answer ({what})", "upstream_bad_response"
             )
         stats.breaker.success()
@@ -382,19 +361,12 @@ class Proxy:
         if isinstance(usage, dict):
             record.prompt_tokens = usage.get("prompt_tokens")
             record.completion_tokens = usage.get("completion_tokens")
-        await self._respond(send, status, data, target, record, watch)
+        await self._respond(x, status, data)
         return None
 
-    async def _respond(
-        self,
-        send: Send,
-        status: int,
-        data: bytes,
-        target: Target,
-        record: RequestRecord,
-        watch: DisconnectWatch,
-    ) -> None:
-        watch.close()  # the response completes with this send; from here on a "disconnect" is the end
+    async def _respond(self, x: Exchange, status: int, data: bytes) -> None:
+        record, target, send = x.record, x.target, x.send
+        x.watch.close()  # the response completes with this send; from here on a "disconnect" is the end
         if record.request_body is not None:  # body logging is on (streams keep only the request)
             record.response_body = data
         record.status = status
@@ -418,24 +390,20 @@ class Proxy:
             (b"x-aib-fallbacks", str(len(record.attempts) - 1).encode()),
         ]
 
-    async def _finish_stream(
-        self,
-        info: ProviderInfo,
-        target: Target,
-        resp: Response,
-        first: bytes,
-        attempt: Attempt,
-        record: RequestRecord,
-        watch: DisconnectWatch,
-        send: Send,
-        stats: Any,
-        strip_usage: bool,
-        read_timeout_s: float,
-    ) -> Failure | None:
+    async def _finish_stream(self, x: Exchange, resp: Response, first: bytes) -> Failure | None:
+        info, target, attempt, record, watch, send, stats = (
+            x.info,
+            x.target,
+            x.attempt,
+            x.record,
+            x.watch,
+            x.send,
+            x.stats,
+        )
         ctype = resp.headers.get("content-type", "")
         if "text/event-stream" not in ctype or not first:
             what = f"content type {ctype or 'none'!r}" if first else "an empty stream"
-            return self._fail(
+            return _fail(
                 stats,
                 attempt,
                 502,
@@ -458,9 +426,7 @@ class Proxy:
             return None
         # from here on the client has bytes: no retry, whatever happens
         try:
-            await self._pump(
-                info, resp, first, attempt, record, watch, send, stats, strip_usage, read_timeout_s
-            )
+            await self._pump(x, resp, first)
         except asyncio.CancelledError:
             record.client_disconnected = watch.gone
             stats.breaker.release()
@@ -469,24 +435,14 @@ class Proxy:
             raise
         return None
 
-    async def _pump(
-        self,
-        info: ProviderInfo,
-        resp: Response,
-        first: bytes,
-        attempt: Attempt,
-        record: RequestRecord,
-        watch: DisconnectWatch,
-        send: Send,
-        stats: Any,
-        strip_usage: bool,
-        read_timeout_s: float,
-    ) -> None:
+    async def _pump(self, x: Exchange, resp: Response, first: bytes) -> None:
         """Forward whole SSE events as they arrive; bytes are not re-encoded.
 
         Only complete events are sent (a chunk may end mid-event), so an error event appended after a
         broken stream always starts on an event boundary.
         """
+        info, attempt, record, send, stats = x.info, x.attempt, x.record, x.send, x.stats
+        strip_usage, read_timeout_s = x.strip_usage, x.read_timeout_s
         pending = b""
         done = False
         error: str | None = None
@@ -535,9 +491,25 @@ class Proxy:
         else:
             attempt.ok = True
             stats.breaker.success()
-        watch.close()  # the last send completes the response
+        x.watch.close()  # the last send completes the response
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _fail(
+    stats: TargetStats,
+    attempt: Attempt,
+    status: int,
+    message: str,
+    code: str,
+    retry_after: float | None = None,
+    retriable: bool = True,
+) -> Failure:
+    """Record a failed attempt (breaker, counters) and say what the client gets if nothing else works."""
+    attempt.error = message
+    stats.failures += 1
+    stats.breaker.failure(message, retry_after)
+    return Failure(upstream_failed(status, message, code), retriable, retry_after)
 
 
 def _last_event_end(data: bytes) -> int:
