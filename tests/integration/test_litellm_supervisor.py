@@ -314,7 +314,7 @@ def test_engine_port_in_use(tmp_path: Path) -> None:
 def aib_serve(tmp_path: Path, port: int, mode: str = "serve") -> subprocess.Popen[bytes]:
     cfg = write_config(tmp_path / "cfg", PROVIDERS, MAPPINGS)
     aib = Path(sys.executable).parent / "aib"
-    cmd = [str(aib), "serve", "--engine", "litellm", "-c", str(cfg), "--port", str(port)]
+    cmd = [str(aib), "serve", "--engine", "litellm", "--litellm-direct", "-c", str(cfg), "--port", str(port)]
     with (tmp_path / "serve.log").open("wb") as log:
         return subprocess.Popen(
             cmd,

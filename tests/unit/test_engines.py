@@ -162,7 +162,7 @@ def test_cli_off_loopback_without_key(nowhere: Path) -> None:
     exe = executable(nowhere / "bin" / "litellm")
     res = CliRunner().invoke(
         app,
-        ["serve", "--engine", "litellm", "--host", "0.0.0.0"],
+        ["serve", "--engine", "litellm", "--litellm-direct", "--host", "0.0.0.0"],
         env={ENV_BIN: str(exe), "LITELLM_MASTER_KEY": ""},
     )
     assert res.exit_code == 1 and "needs $LITELLM_MASTER_KEY" in res.output

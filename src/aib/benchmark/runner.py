@@ -192,7 +192,7 @@ class Bench:
         port = free_port()
         cmd = [*aib_command(), "serve", "-c", str(self.config_dir), "--port", str(port)]
         if engine == "litellm":
-            cmd += ["--engine", "litellm"]
+            cmd += ["--engine", "litellm", "--litellm-direct"]  # LiteLLM itself, not behind aib's front
         cwd = self.workdir / f"{engine}-cwd"  # the request log (var/requests.db) lands here
         cwd.mkdir(exist_ok=True)
         proc = spawn(

@@ -35,10 +35,19 @@ def serve(
     engine: Annotated[
         Engine,
         typer.Option(
-            help="native: aib's own gateway. litellm: the real LiteLLM proxy on the same port, with a "
-            "config generated from the same files (needs LiteLLM: `make litellm`).",
+            help="native: aib's own gateway. litellm: the real LiteLLM proxy, with a config generated "
+            "from the same files, behind a thin aib front on this port that hot-reloads it without "
+            "losing requests (needs LiteLLM: `make litellm`).",
         ),
     ] = Engine.native,
+    litellm_direct: Annotated[
+        bool,
+        typer.Option(
+            "--litellm-direct",
+            help="With --engine litellm: LiteLLM itself on HOST:PORT, no front (benchmarks). A reload "
+            "(SIGHUP) then restarts it and cuts requests in flight.",
+        ),
+    ] = False,
 ) -> None:
     """Start the gateway on HOST:PORT (the native engine, or with --engine litellm the LiteLLM proxy).
 
@@ -50,21 +59,26 @@ def serve(
     from aib.gateway.settings import GatewaySettings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if engine is Engine.litellm:
-        from aib.engines.litellm import EngineError, serve_litellm
-
-        try:
-            with config_errors():
-                code = serve_litellm(choose_config_dir(config_dir), host, port)
-        except EngineError as exc:
-            fail(str(exc))
-        raise typer.Exit(code)
     settings = GatewaySettings(
         host=host,
         port=port,
         config_dir=Path(config_dir) if config_dir else None,
         health_checks=not no_health_checks,
     )
+    if engine is Engine.litellm:
+        from aib.engines.litellm import EngineError, serve_litellm
+        from aib.engines.litellm_front import serve_front
+
+        try:
+            with config_errors():
+                cdir = choose_config_dir(config_dir)
+                if litellm_direct:
+                    code = serve_litellm(cdir, host, port)
+                else:
+                    code = serve_front(cdir, settings, log_level)
+        except EngineError as exc:
+            fail(str(exc))
+        raise typer.Exit(code)
     with config_errors():
         run(settings, log_level=log_level)
 

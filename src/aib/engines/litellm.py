@@ -1,4 +1,6 @@
-"""The LiteLLM engine: ``aib serve --engine litellm`` runs the real LiteLLM proxy on the gateway's port.
+"""The LiteLLM engine: ``aib serve --engine litellm --litellm-direct`` runs the real LiteLLM proxy on the
+gateway's port. (Without ``--litellm-direct`` it runs behind a thin aib front that hot-reloads it:
+:mod:`aib.engines.litellm_front`, which reuses this module's helpers.)
 
 The proxy gets a config generated from the same two YAML files the native engine reads
 (:func:`aib.config.export_litellm.export_litellm`), written into a private temporary folder, and runs

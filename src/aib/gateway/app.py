@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import itertools
 import logging
 import os
@@ -21,7 +22,7 @@ import orjson
 
 from aib.config.load import LoadedConfig
 from aib.config.plan import RoutingPlan
-from aib.gateway.errors import GatewayError, envelope
+from aib.gateway.errors import GatewayError, envelope, model_not_found
 from aib.gateway.health import HealthMonitor
 from aib.gateway.proxy import ClientGone, Proxy
 from aib.gateway.settings import GatewaySettings
@@ -69,6 +70,9 @@ class Gateway:
         self._rid_prefix = os.urandom(10).hex()
         self._rid_counter = itertools.count(1)
         self._models_cache: tuple[int, bytes] | None = None
+        # what /v1/models lists; None: the plan's public models (an engine in front of another
+        # router, like the LiteLLM front, lists the real configuration's names instead)
+        self.catalog: Callable[[], list[tuple[str, str]]] | None = None
         self._routes: dict[str, dict[str, Handler]] = {}
         for ep in PROXIED:
             for prefix in ("/v1/", "/"):
@@ -261,28 +265,34 @@ class Gateway:
             for obs in self.observers:
                 obs.request_done(record)
 
+    def _public_models(self, plan: RoutingPlan) -> list[tuple[str, str]]:
+        return self.catalog() if self.catalog is not None else plan.public_models()
+
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         plan = self.plan
         cached = self._models_cache
-        if cached is None or cached[0] != id(plan):
+        key = id(plan) if self.catalog is None else -1  # a catalog can change without a new plan
+        if cached is None or cached[0] != key or key == -1:
             created = int(self.state.started_at)
             data = [
                 {"id": m, "object": "model", "created": created, "owned_by": owner}
-                for m, owner in plan.public_models()
+                for m, owner in self._public_models(plan)
             ]
-            cached = self._models_cache = (id(plan), orjson.dumps({"object": "list", "data": data}))
+            cached = self._models_cache = (key, orjson.dumps({"object": "list", "data": data}))
         await send_json(send, 200, cached[1])
 
     async def model_detail(self, scope: Scope, model: str, send: Send) -> None:
         plan = self.plan
-        for m, owner in plan.public_models():
+        for m, owner in self._public_models(plan):
             if m == model:
                 body = {"id": m, "object": "model", "created": int(self.state.started_at), "owned_by": owner}
                 await send_json(send, 200, orjson.dumps(body))
                 return
-        from aib.gateway.errors import model_not_found
-
-        await send_error(send, model_not_found(model, plan.suggestions(model)))
+        names = [m for m, _ in self._public_models(plan)]
+        close = (
+            plan.suggestions(model) if self.catalog is None else difflib.get_close_matches(model, names, n=3)
+        )
+        await send_error(send, model_not_found(model, close))
 
     async def health_full(self, scope: Scope, receive: Receive, send: Send) -> None:
         plan = self.plan
@@ -332,8 +342,6 @@ class Gateway:
             return
         res = self.plan.resolve(model)
         if res is None:
-            from aib.gateway.errors import model_not_found
-
             await send_error(send, model_not_found(model, self.plan.suggestions(model)))
             return
         await send_json(send, 200, orjson.dumps(res.explain()))

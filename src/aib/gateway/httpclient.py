@@ -363,6 +363,11 @@ class Pool:
                 return
 
     @property
+    def busy(self) -> int:
+        """Connections carrying a request now (open and not idle)."""
+        return max(self._open - len(self._idle), 0)
+
+    @property
     def stats(self) -> dict[str, int]:
         return {"open": self._open, "idle": len(self._idle), "waiting": len(self._waiters)}
 

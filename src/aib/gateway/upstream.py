@@ -40,6 +40,11 @@ class UpstreamPool:
         self._pools[info.name] = (info.api_base, info.max_connections, pool)
         return pool
 
+    def pool_of(self, name: str) -> Pool | None:
+        """The request-path pool a provider uses now, if one was created."""
+        entry = self._pools.get(name)
+        return entry[2] if entry is not None else None
+
     def head(self, info: ProviderInfo, endpoint: str) -> bytes:
         """Request line and fixed headers for ``POST <api_base>/<endpoint>``, built once."""
         key = (info.name, endpoint)
