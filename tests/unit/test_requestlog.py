@@ -268,7 +268,9 @@ def test_locked_database_drops_then_recovers(db_path: Path, caplog: pytest.LogCa
     rlog = RequestLog(db_path, busy_timeout_ms=50, flush_interval_s=0.01).start()
     rlog.request_done(make_record())
     assert rlog.flush()
-    holder = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+    holder = sqlite3.connect(
+        db_path, isolation_level=None, timeout=10
+    )  # waits for the writer if it is mid-write
     holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
     try:
         for _ in range(3):
