@@ -27,7 +27,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,12 +34,13 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httptools
 import orjson
+
+from aib.benchmark.procs import free_port, running, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "observe_overhead.json"
@@ -62,46 +62,6 @@ VARIANTS = {  # "on" and "requestlog" also get AIB_REQUEST_LOG=<tmp file>
     "access": {**_OFF, "AIB_ACCESS_LOG": "on", "AIB_LOG_FORMAT": "json"},
     "requestlog": {**_OFF, "AIB_REQUEST_LOG": ""},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
-            if r.status == 200:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
-
-@contextlib.contextmanager
-def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
 
 
 class RawConn:
@@ -253,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(
-                process(
+                running(
                     [PY, "-m", "aib.devtools.fake_openai", "--host", "127.0.0.1", "--port", str(fake_port)],
                     env,
                     tmp / "fake.log",
@@ -274,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--port",
                     str(port),
                 ]
-                pids[name] = stack.enter_context(process(cmd, venv, tmp / f"gateway-{name}.log")).pid
+                pids[name] = stack.enter_context(running(cmd, venv, tmp / f"gateway-{name}.log")).pid
             for port in ports.values():
                 wait_http(f"http://127.0.0.1:{port}/health/ready")
             scraper = Scraper(ports["on"])
@@ -308,7 +268,13 @@ def main(argv: list[str] | None = None) -> int:
                 "cpus": os.cpu_count(),
                 "platform": platform.platform(),
             },
-            "settings": {"rounds": rounds, "per_round": per_round, "block": 100, "load_s": load_s, "path": PATH},
+            "settings": {
+                "rounds": rounds,
+                "per_round": per_round,
+                "block": 100,
+                "load_s": load_s,
+                "path": PATH,
+            },
             "latency_us": rows,
             "extra_pct": rows["on"]["extra_pct"],
             "target_extra_pct": TARGET_EXTRA * 100,

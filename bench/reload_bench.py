@@ -21,14 +21,12 @@ stopped by PID.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,9 +34,10 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from aib.benchmark.procs import free_port, running, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "reload.json"
@@ -46,38 +45,6 @@ PY = sys.executable
 AIB = str(Path(PY).parent / "aib")
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
 TARGET_P50_MS = 200.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
-            if r.status == 200:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
-
-@contextlib.contextmanager
-def process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def configs(port_a: int, port_b: int) -> list[tuple[str, str, str]]:
@@ -259,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "AIB_REQUEST_LOG": "off", "AIB_ACCESS_LOG": "off", "AIB_ADMIN_KEY": ""}
         fake = [PY, "-m", "aib.devtools.fake_openai", "--host", "127.0.0.1", "--port"]
         with (
-            process([*fake, str(port_a)]),
-            process([*fake, str(port_b)]),
-            process(
+            running([*fake, str(port_a)]),
+            running([*fake, str(port_b)]),
+            running(
                 [AIB, "serve", "--config-dir", str(folder), "--port", str(port), "--log-level", "warning"],
                 env,
             ) as gw,

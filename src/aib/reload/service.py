@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -106,30 +107,34 @@ class ReloadService:
         await send_json(send, HTTP_STATUS[res.result], orjson.dumps(res.as_dict()))
 
     async def handle_reload(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not await self.gateway.check_admin(scope, send):
-            return
-        try:
-            body = await self._json_body(scope, receive)
-            res = await self.controller.reload("api", self._who(body, scope))
-        except GatewayError as err:
-            await send_error(send, err)
-            return
-        except ClientGone:
-            return
-        except NoConfigDir as exc:
-            await send_error(
-                send,
-                GatewayError(409, f"Nothing to reload: {exc}.", "invalid_request_error", "no_config_dir"),
-            )
-            return
-        await self._answer(send, res)
+        await self._admin_action(
+            scope, receive, send, "reload", lambda body: self.controller.reload("api", self._who(body, scope))
+        )
 
     async def handle_rollback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._admin_action(
+            scope,
+            receive,
+            send,
+            "roll back",
+            lambda body: self.controller.rollback(body.get("to") or None, self._who(body, scope)),
+        )
+
+    async def _admin_action(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        verb: str,
+        action: Callable[[dict[str, Any]], Awaitable[ReloadResult]],
+    ) -> None:
+        """Admin key, JSON body, run ``action``; every failure answered in the error envelope."""
         if not await self.gateway.check_admin(scope, send):
             return
+        body: dict[str, Any] = {}
         try:
             body = await self._json_body(scope, receive)
-            res = await self.controller.rollback(body.get("to") or None, self._who(body, scope))
+            res = await action(body)
         except GatewayError as err:
             await send_error(send, err)
             return
@@ -138,10 +143,10 @@ class ReloadService:
         except NoConfigDir as exc:
             await send_error(
                 send,
-                GatewayError(409, f"Nothing to roll back: {exc}.", "invalid_request_error", "no_config_dir"),
+                GatewayError(409, f"Nothing to {verb}: {exc}.", "invalid_request_error", "no_config_dir"),
             )
             return
-        except BackupError as exc:
+        except BackupError as exc:  # rollback only: the backup asked for, or any, is missing
             code = "backup_not_found" if body.get("to") else "no_backup"
             await send_error(send, GatewayError(404, f"{exc}.", "invalid_request_error", code, "to"))
             return
