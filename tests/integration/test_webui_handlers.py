@@ -132,8 +132,10 @@ def test_chat_streams_a_reply_with_where_it_went_timings_and_tokens(stack: Stack
     assert reply.startswith("Hello there\n\n<sub>m1 → up/m1 · first token ")
     assert " · 7 → 3 tokens · " in reply and " tok/s · id " in reply
     (turn,) = turns
-    rec = stack.rg.observer.records[-1]
-    assert reply.endswith(f"id {rec.request_id}</sub>")
+    shown_id = reply.rsplit(" id ", 1)[1].removesuffix("</sub>")
+    # the gateway records a request after its last byte is sent: wait for it, do not race it
+    rec = stack.rg.observer.wait_for(shown_id)
+    assert reply.endswith(f"id {rec.request_id}</sub>") and rec.model == "m1" and rec.status == 200
     sent = stack.up.requests[-1].json
     assert sent["messages"] == [
         {"role": "system", "content": "Be brief."},
