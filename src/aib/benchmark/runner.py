@@ -60,7 +60,7 @@ BODY = orjson.dumps(
 )
 STREAM_BODY = orjson.dumps({**orjson.loads(BODY), "stream": True})
 TOKENS_PER_S = 30  # a typical streaming rate of one answer from a GPU-served 7-8B model
-PACKAGES = ("ai-backend-unified", "uvicorn", "uvloop", "httptools", "orjson", "psutil")
+PACKAGES = ("ai-backend-unified", "uvloop", "httptools", "orjson", "psutil")
 Phase = Callable[[str], None]
 
 

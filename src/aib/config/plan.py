@@ -151,17 +151,26 @@ class RoutingPlan:
 
     # ------------------------------------------------------------------ resolve
 
+    # resolutions of configured names and aliases (bounded by the config), filled on first use
+    _known: dict[str, Resolution] = field(default_factory=dict, repr=False, compare=False)
     def resolve(self, name: str) -> Resolution | None:
         """Exact name, alias, discovered model; then ``capability/<x>`` (a reserved prefix), then patterns."""
         group = self.groups.get(name)
         if group is not None:
             kind: MatchKind = "discovered" if group.origin == "discovered" else "exact"
+        known = self._known.get(name)  # exact names and aliases: built once per plan, then looked up
+        if known is not None:
+            return known
             rule = f"model {name!r}" if kind == "exact" else f"discovered on {group.targets[0].provider}"
-            return Resolution(name, kind, rule, group, self._fallbacks(group))
+            res = self._known[name] = Resolution(name, kind, rule, group, self._fallbacks(group))
+            return res
         target = self.aliases.get(name)
         if target is not None:
             group = self.groups[target]
-            return Resolution(name, "alias", f"alias {name!r} -> {target!r}", group, self._fallbacks(group))
+            res = self._known[name] = Resolution(
+                name, "alias", f"alias {name!r} -> {target!r}", group, self._fallbacks(group)
+            )
+            return res
         if name.startswith(CAPABILITY_PREFIX):  # reserved: never handed to patterns
             return self._resolve_capability(name)
         cached = self._pattern_cache.get(name)
@@ -271,3 +280,4 @@ class RoutingPlan:
             discovered=MappingProxyType(dict(discovered)),
             _pattern_cache={},
         )
+            _known={},

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import uvicorn
+import uvloop
 import yaml
 
 from aib.config.compile import build_plan, compile_plan
@@ -46,6 +46,7 @@ from aib.engines.litellm import (
 from aib.engines.supervisor import Supervisor
 from aib.gateway.app import Gateway, Receive, Scope, Send, create_app, send_json
 from aib.gateway.httpclient import Pool
+from aib.gateway.server import serve_app
 from aib.gateway.settings import GatewaySettings
 from aib.observe.settings import ObserveSettings
 from aib.reload.controller import ReloadController, candidate_from
@@ -403,22 +404,6 @@ def serve_front(config_dir: Path, settings: GatewaySettings, log_level: str = "i
     except BaseException:
         asyncio.run(front.close())
         raise
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level=log_level,
-            log_config=None,
-            timeout_graceful_shutdown=int(settings.drain_timeout_s),
-            server_header=False,
-            date_header=False,
-        )
-    )
     log.info(
         "LiteLLM engine (hot reload): front on http://%s:%d, LiteLLM on %s",
         settings.host,
@@ -426,7 +411,7 @@ def serve_front(config_dir: Path, settings: GatewaySettings, log_level: str = "i
         front.current.base_url if front.current else "?",
     )
     try:
-        server.run()
+        uvloop.run(serve_app(app, settings.host, settings.port, drain_s=settings.drain_timeout_s))
     finally:
         asyncio.run(front.close())  # no-op when the shutdown hook already stopped them
     return 0

@@ -235,7 +235,9 @@ class Gateway:
             body = await read_body(scope, receive, self.settings.max_body_bytes)
             if self.keep_bodies:
                 record.request_body = body
-            await self.proxy.handle(plan, endpoint, body, record, receive, send)
+            ext = scope.get("extensions")
+            notify = ext.get("aib.on_disconnect") if ext else None
+            await self.proxy.handle(plan, endpoint, body, record, receive, send, notify)
         except GatewayError as err:
             record.status, record.error, record.error_code = err.status, err.message, err.code
             await send_error(send, err, rid)

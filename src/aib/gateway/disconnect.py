@@ -17,18 +17,42 @@ from typing import Any
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
-class DisconnectWatch:
-    __slots__ = ("_handle", "_receive", "_task", "_waiter", "gone")
+Notify = Callable[[Callable[[], None] | None], None]
 
-    def __init__(self, receive: Receive, delay_s: float) -> None:
+
+class DisconnectWatch:
+    __slots__ = ("_handle", "_notify", "_receive", "_task", "_waiter", "gone")
+
+    def __init__(
+        self,
+        receive: Receive,
+        delay_s: float,
+        loop: asyncio.AbstractEventLoop | None = None,
+        notify: Notify | None = None,
+    ) -> None:
+        """``notify``: the server's ``aib.on_disconnect`` extension when it has one (the gateway's own
+        server does): the server then calls back on a hang-up, with no timer and no task at all."""
+        loop = loop or asyncio.get_running_loop()
         self._receive = receive
-        self._task = asyncio.current_task()
+        self._task = asyncio.current_task(loop)
         self._waiter: asyncio.Task[None] | None = None
         self.gone = False
-        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(delay_s, self.start)
+        self._notify = notify
+        self._handle: asyncio.TimerHandle | None = None
+        if notify is not None:
+            notify(self._gone)
+        else:
+            self._handle = loop.call_later(delay_s, self.start)
+
+    def _gone(self) -> None:
+        self.gone = True
+        if self._task is not None:
+            self._task.cancel()
 
     def start(self) -> None:
         """Watch from now on (idempotent)."""
+        if self._notify is not None:
+            return  # the server tells us
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -39,14 +63,15 @@ class DisconnectWatch:
         while True:
             msg = await self._receive()
             if msg["type"] == "http.disconnect":
-                self.gone = True
-                if self._task is not None:
-                    self._task.cancel()
+                self._gone()
                 return
 
     def close(self) -> None:
         """Stop watching. Call before the last byte is sent: after the response is complete, ASGI
         servers answer ``receive()`` with a disconnect, which must not cancel the finishing request."""
+        if self._notify is not None:
+            self._notify(None)
+            self._notify = None
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

@@ -11,7 +11,11 @@ What it takes care of:
 - ``Content-Length``, chunked and read-until-close bodies; ``Connection: close`` honoured;
 - back-pressure: reading pauses while a stream's unread buffer is large;
 - a cap on buffered (non-stream) bodies; TLS for https upstreams; TCP_NODELAY (uvloop's default).
-Timeouts are the caller's (``asyncio.timeout`` around ``request`` and each read), except connect.
+Timeouts live on the connection, one timer at a time, and raise :class:`TimeoutError`: a deadline
+for the answer (``request(deadline=...)``, moved later with :meth:`Response.set_deadline`) and, for
+streams, an idle limit between chunks (:meth:`Response.set_idle_timeout`) checked by one timer per
+period rather than one per chunk. No ``asyncio.timeout`` on the request path: each costs a timer, a
+context object and a task lookup per use.
 """
 
 from __future__ import annotations
@@ -50,11 +54,15 @@ class _Conn(asyncio.Protocol):
         "_headers_done",
         "_name",
         "_paused",
+        "_timer",
         "_waiter",
+        "activity",
         "got_bytes",
         "headers",
+        "idle_s",
         "idle_since",
         "keep_alive",
+        "loop",
         "lost",
         "parser",
         "pool",
@@ -70,10 +78,13 @@ class _Conn(asyncio.Protocol):
         self.lost = False
         self.reset = False  # lost by a reset (RST), not a clean close
         self.idle_since = 0.0
+        self.loop = asyncio.get_running_loop()  # the protocol factory runs inside the loop
+        self._timer: asyncio.TimerHandle | None = None
+        # one parser for the connection's life: llhttp parses keep-alive responses one after another
+        self.parser = httptools.HttpResponseParser(self)
         self._reset()
 
     def _reset(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.headers: dict[str, str] = {}
         self._name = b""
@@ -87,6 +98,8 @@ class _Conn(asyncio.Protocol):
         self.got_bytes = False
         self.keep_alive = True
         self.until_close = False
+        self.activity = False
+        self.idle_s = 0.0
 
     # asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,6 +107,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        self.activity = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -106,6 +120,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.cancel_timer()
         self.reset = exc is not None
         if self._headers_done and self.until_close and exc is None and not self._complete:
             self.on_message_complete()  # body delimited by the close
@@ -116,9 +131,10 @@ class _Conn(asyncio.Protocol):
 
     # httptools callbacks ----------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
+        key = name.lower().decode("latin-1")
+        v = value.decode("latin-1")
         prev = self.headers.get(key)
-        self.headers[key] = value.decode("latin-1") if prev is None else f"{prev}, {value.decode('latin-1')}"
+        self.headers[key] = v if prev is None else f"{prev}, {v}"
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -153,8 +169,42 @@ class _Conn(asyncio.Protocol):
             self._error = exc
         self._wake()
 
+    # timers -------------------------------------------------------------------------------
+    def set_deadline(self, when: float | None) -> None:
+        """Fail the exchange with TimeoutError at loop time ``when`` (None: no limit)."""
+        self.cancel_timer()
+        if when is not None:
+            self._timer = self.loop.call_at(when, self._deadline_passed)
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """Fail the exchange when no byte arrives for ``seconds`` (streams)."""
+        self.cancel_timer()
+        self.idle_s = seconds
+        self.activity = False
+        self._timer = self.loop.call_later(seconds, self._idle_check)
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        if not self._complete:
+            self._fail(TimeoutError("deadline passed"))
+
+    def _idle_check(self) -> None:
+        self._timer = None
+        if self._complete:
+            return
+        if self.activity:  # something arrived during the last period: look again one period later
+            self.activity = False
+            self._timer = self.loop.call_later(self.idle_s, self._idle_check)
+        else:
+            self._fail(TimeoutError(f"no data for {self.idle_s:g}s"))
+
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self.loop.create_future()
         try:
             await self._waiter
         finally:
@@ -184,6 +234,11 @@ class _Conn(asyncio.Protocol):
             await self._wait()
 
 
+def _expire(fut: asyncio.Future[None], limit: int) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError(f"all {limit} connections busy until the deadline"))
+
+
 class Response:
     """Status and headers of an upstream answer; the body is read with :meth:`read` or :meth:`chunks`."""
 
@@ -207,6 +262,14 @@ class Response:
             parts.append(chunk)
         self.release()
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def set_deadline(self, when: float | None) -> None:
+        """The whole answer must be in by loop time ``when``; reading raises TimeoutError after it."""
+        self._conn.set_deadline(when)
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """Reading raises TimeoutError once nothing arrived for ``seconds`` (checked once per period)."""
+        self._conn.set_idle_timeout(seconds)
 
     async def readany(self) -> bytes:
         """The next bytes of the body as they arrive; b"" at the end (then the connection is pooled)."""
@@ -251,6 +314,7 @@ class Pool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
         self.closed = False
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def request_head(self, method: str, path: str, headers: dict[str, str]) -> bytes:
         """The fixed start of a request: request line, Host and the given headers (no length yet)."""
@@ -259,14 +323,23 @@ class Pool:
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
     async def request(
-        self, head: bytes, body: bytes, extra: bytes = b"", connect_timeout_s: float = 5.0
+        self,
+        head: bytes,
+        body: bytes,
+        extra: bytes = b"",
+        connect_timeout_s: float = 5.0,
+        deadline: float | None = None,
     ) -> Response:
-        """Send ``head`` + ``extra`` header lines + Content-Length + ``body``; return at the headers."""
+        """Send ``head`` + ``extra`` header lines + Content-Length + ``body``; return at the headers.
+
+        ``deadline`` (loop time) bounds the wait for the answer; the connect has its own limit."""
         payload = b"%s%scontent-length: %d\r\n\r\n%s" % (head, extra, len(body), body)
         fresh = False
         for attempt in (0, 1):
-            conn, reused = await self._acquire(connect_timeout_s, fresh)
+            conn, reused = await self._acquire(connect_timeout_s, fresh, deadline)
             assert conn.transport is not None
+            if deadline is not None:
+                conn.set_deadline(deadline)
             conn.transport.write(payload)
             try:
                 await conn.wait_headers()
@@ -284,7 +357,9 @@ class Pool:
             return Response(self, conn)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _acquire(self, connect_timeout_s: float, fresh: bool = False) -> tuple[_Conn, bool]:
+    async def _acquire(
+        self, connect_timeout_s: float, fresh: bool = False, deadline: float | None = None
+    ) -> tuple[_Conn, bool]:
         if self.closed:
             raise ConnectError("the connection pool was closed (provider removed)")
         now = time.monotonic()
@@ -297,18 +372,22 @@ class Pool:
                 continue
             conn._reset()
             return conn, True
-        while self._open >= self.limit:
-            fut = asyncio.get_running_loop().create_future()
+        while self._open >= self.limit:  # every connection is busy: wait for one, until the deadline
+            loop = self._loop()
+            fut = loop.create_future()
             self._waiters.append(fut)
+            timer = None if deadline is None else loop.call_at(deadline, _expire, fut, self.limit)
             try:
                 await fut
             finally:
+                if timer is not None:
+                    timer.cancel()
                 if not fut.done():
                     fut.cancel()
             if self._idle and not fresh:
-                return await self._acquire(connect_timeout_s)
+                return await self._acquire(connect_timeout_s, False, deadline)
         self._open += 1
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         try:
             async with asyncio.timeout(connect_timeout_s):
                 _, proto = await loop.create_connection(
@@ -334,7 +413,13 @@ class Pool:
             raise
         return proto, False
 
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        return self.loop
+
     def _release(self, conn: _Conn) -> None:
+        conn.cancel_timer()
         t = conn.transport
         if (
             not self.closed

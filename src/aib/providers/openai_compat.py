@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any, ClassVar
 
 from aib.providers.base import ProviderKind
+
+_HEX = re.compile(r"[0-9a-fA-F]{32}")
 
 
 class OpenAICompatible(ProviderKind):
@@ -33,6 +36,9 @@ class LlamaCpp(ProviderKind):
     def upstream_request_id(self, request_id: str) -> str:
         """llama-cpp-python's server answers 400 to an ``x-request-id`` that is not a UUID; send a UUID
         derived from the id (stable, so the two can be matched), the id itself when it is one."""
+        if len(request_id) == 32 and _HEX.fullmatch(request_id):  # the gateway's own ids: 32 hex digits
+            r = request_id.lower()
+            return f"{r[:8]}-{r[8:12]}-{r[12:16]}-{r[16:20]}-{r[20:]}"
         try:
             return str(uuid.UUID(request_id))
         except ValueError:
