@@ -1,13 +1,15 @@
 """Test helpers for the native gateway (not a test module).
 
 * :func:`write_config` / :func:`plan_from_yaml` - two YAML strings into a config folder, then a plan.
-* :func:`running_gateway` - the real ASGI app under a real ``uvicorn.Server`` in a background thread,
+* :func:`running_gateway` - the real app under the real server (``aib.gateway.server.serve_app``, as
+  ``aib serve`` runs it) in a background thread with its own event loop,
   on a free 127.0.0.1 port; yields a :class:`RunningGateway` (``base_url``, ``gateway``, ...).
 * :class:`ScriptedUpstream` - an aiohttp server in a thread whose answers are scripted per request
   with :meth:`ScriptedUpstream.enqueue` (:class:`Reply`: status, headers, body, delays, SSE chunks,
   connection resets, garbage) and which records every inference request it received.
 * :func:`fake_openai_process` - the instant fake (``aib.devtools.fake_openai``) as a child process.
 * :class:`RecordingObserver` - collects the gateway's :class:`RequestRecord` of every request.
+* :func:`stop_process` - stop a child process we started, by PID (SIGTERM, then SIGKILL).
 
 Everything binds to 127.0.0.1 and everything started here is stopped here.
 """
@@ -32,16 +34,18 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
-import uvicorn
+import uvloop
 from aiohttp import web
 
 from aib.config.compile import build_plan
-from aib.config.load import MAPPINGS_FILE, PROVIDERS_FILE, LoadedConfig
+from aib.config.load import LoadedConfig
 from aib.config.plan import RoutingPlan
 from aib.devtools.llamacpp import free_port
 from aib.gateway.app import Gateway, create_app
+from aib.gateway.server import serve_app
 from aib.gateway.settings import GatewaySettings
 from aib.observe.records import RequestRecord
+from config_support import write_files
 
 HOST = "127.0.0.1"
 T = TypeVar("T")
@@ -67,10 +71,11 @@ def wait_until(
 
 def write_config(config_dir: Path, providers_yaml: str, mappings_yaml: str) -> Path:
     """Write both files (dedented) into ``config_dir``; return the folder."""
-    config_dir.mkdir(parents=True, exist_ok=True)
-    (config_dir / PROVIDERS_FILE).write_text(textwrap.dedent(providers_yaml).strip() + "\n")
-    (config_dir / MAPPINGS_FILE).write_text(textwrap.dedent(mappings_yaml).strip() + "\n")
-    return config_dir
+    return write_files(
+        config_dir,
+        textwrap.dedent(providers_yaml).strip() + "\n",
+        textwrap.dedent(mappings_yaml).strip() + "\n",
+    )
 
 
 def plan_from_yaml(
@@ -168,27 +173,16 @@ def running_gateway(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, 0))
     port = sock.getsockname()[1]
-    ucfg = uvicorn.Config(
-        gw,
-        loop=loop,
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=2,
-        server_header=False,
-        date_header=False,
-    )
-    server = uvicorn.Server(ucfg)
     holder: dict[str, Any] = {}
 
     async def main() -> None:
         holder["loop"] = asyncio.get_running_loop()
-        await server.serve(sockets=[sock])
+        holder["stop"] = stop = asyncio.Event()
+        await serve_app(gw, sock=sock, drain_s=gw.settings.drain_timeout_s, stop=stop)
 
     def run() -> None:
         try:
-            with asyncio.Runner(loop_factory=ucfg.get_loop_factory()) as runner:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop if loop == "uvloop" else None) as runner:
                 runner.run(main())
         except BaseException as exc:  # reported to the test below
             holder["error"] = exc
@@ -204,12 +198,11 @@ def running_gateway(
             time.sleep(0.01)
         yield RunningGateway(base_url, gw, holder["loop"], observer)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        if thread.is_alive():  # pragma: no cover - only when a test leaves a request hanging
-            server.force_exit = True
-            thread.join(timeout=5)
+        if "stop" in holder and thread.is_alive():
+            holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(timeout=15)
         sock.close()
+    assert not thread.is_alive(), "the gateway thread did not stop within 15 s"
     assert "error" not in holder, f"gateway thread failed: {holder['error']!r}"
 
 
@@ -379,7 +372,6 @@ class ScriptedUpstream:
         self.probes = 0
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
-        self._disconnect = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._cm: contextlib.AbstractContextManager[ScriptedUpstream] | None = None
@@ -402,7 +394,6 @@ class ScriptedUpstream:
         with self._lock:
             self._script.clear()
             self.requests.clear()
-            self._disconnect.clear()
 
     @property
     def pending(self) -> int:
@@ -410,8 +401,16 @@ class ScriptedUpstream:
             return len(self._script)
 
     def wait_disconnect(self, timeout: float = 5.0) -> bool:
-        """Block until the upstream saw a client go away mid-answer."""
-        return self._disconnect.wait(timeout)
+        """Block until a request recorded since the last :meth:`clear` saw its client go away mid-answer.
+
+        (A request of an earlier test that notices its own disconnect late does not count.)
+        """
+        deadline = time.monotonic() + timeout
+        while not any(r.disconnected for r in list(self.requests)):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def wait_requests(self, n: int, timeout: float = 5.0) -> None:
         wait_until(lambda: len(self.requests) >= n, timeout, what=f"{n} upstream requests")
@@ -519,7 +518,6 @@ class ScriptedUpstream:
 
     def _gone(self, rec: Received) -> None:
         rec.disconnected = True
-        self._disconnect.set()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         rec = Received(
@@ -618,14 +616,20 @@ def fake_openai_process(*args: str, timeout: float = 10.0) -> Iterator[FakeOpenA
         port = int(line.strip().rsplit(":", 1)[1])
         yield FakeOpenAIProcess(port, f"http://{HOST}:{port}", proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, timeout=5)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
+    """Stop a child we started, by its PID: SIGTERM, then SIGKILL after ``timeout`` s; its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:  # pragma: no cover - only a child that ignores SIGTERM
+        proc.kill()
+        return proc.wait(timeout=5)
 
 
 def _read_line(stream: Any, timeout: float) -> str:

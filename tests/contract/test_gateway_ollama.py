@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from openai import OpenAI
 
 from aib.devtools.fake_ollama import FakeOllama
+from gateway_client import model_ids
 from gateway_harness import (
     RunningGateway,
     assert_envelope,
@@ -26,6 +26,7 @@ from gateway_harness import (
     sse_data,
     wait_until,
 )
+from openai_support import sdk_client
 
 pytestmark = pytest.mark.contract
 
@@ -90,7 +91,7 @@ def test_chat_passthrough(gw: RunningGateway, fake_ollama: FakeOllama) -> None:
 
 
 def test_chat_with_the_openai_client(gw: RunningGateway) -> None:
-    c = OpenAI(base_url=gw.base_url + "/v1", api_key="none", max_retries=0, timeout=10)
+    c = sdk_client(gw.base_url + "/v1", timeout=10)
     out = c.chat.completions.create(model="llama", messages=CHAT, max_tokens=3)
     assert out.choices[0].message.content == "Hello from fake"
     assert out.choices[0].finish_reason == "length"
@@ -141,7 +142,7 @@ def test_stream_without_include_usage_hides_the_usage_chunk(gw: RunningGateway) 
 
 
 def test_stream_through_the_openai_client(gw: RunningGateway) -> None:
-    c = OpenAI(base_url=gw.base_url, api_key="none", max_retries=0, timeout=10)
+    c = sdk_client(gw.base_url, timeout=10)
     chunks = list(
         c.chat.completions.create(
             model="llama", messages=CHAT, stream=True, stream_options={"include_usage": True}
@@ -169,10 +170,6 @@ def test_health_uses_api_tags(gw: RunningGateway, fake_ollama: FakeOllama) -> No
 def own_fake() -> Iterator[FakeOllama]:
     with FakeOllama().serve_in_thread() as fake:
         yield fake
-
-
-def model_ids(gw: RunningGateway) -> set[str]:
-    return {m["id"] for m in httpx.get(gw.base_url + "/v1/models", timeout=10).json()["data"]}
 
 
 def test_pulled_model_becomes_routable_after_a_probe(own_fake: FakeOllama, tmp_path: Path) -> None:

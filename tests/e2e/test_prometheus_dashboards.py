@@ -27,7 +27,14 @@ from ruamel.yaml import YAML
 from aib.devtools.llamacpp import LlamaCppServer, free_port
 from aib.observe import install_observability
 from aib.observe.settings import ObserveSettings
-from gateway_harness import RunningGateway, dead_url, gateway_settings, plan_from_yaml, running_gateway
+from gateway_harness import (
+    RunningGateway,
+    dead_url,
+    gateway_settings,
+    plan_from_yaml,
+    running_gateway,
+    stop_process,
+)
 from observe_support import require_tool
 
 pytestmark = pytest.mark.e2e
@@ -115,12 +122,7 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
         yield start
     finally:
         for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                proc.kill()
-                proc.wait(timeout=5)
+            stop_process(proc, timeout=20)
 
 
 def config_for(servers: list[LlamaCppServer]) -> tuple[str, str]:

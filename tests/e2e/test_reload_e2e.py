@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from aib.devtools.llamacpp import free_port
-from gateway_harness import FakeOpenAIProcess, fake_openai_process, wait_until
+from gateway_harness import FakeOpenAIProcess, fake_openai_process, stop_process, wait_until
 from reload_support import mappings_yaml, provider_yaml, version_of, write
 
 pytestmark = pytest.mark.e2e
@@ -72,12 +72,7 @@ def aib_serve(cdir: Path, log: Path, **env: str) -> Iterator[Served]:
             time.sleep(0.1)
         yield Served(url, proc.pid, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, timeout=15)
 
 
 def provider_of(url: str) -> str:

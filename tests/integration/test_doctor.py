@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -28,6 +29,7 @@ from gateway_harness import (
     dead_url,
     gateway_settings,
     running_gateway,
+    stop_process,
     write_config,
 )
 from observe_support import require_tool
@@ -357,12 +359,7 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, int, int]]:
     try:
         yield f"http://127.0.0.1:{port}", live_port, dead_port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, timeout=20)
 
 
 def _targets_health(url: str) -> dict[str, str]:
@@ -382,12 +379,17 @@ def test_prometheus_scraping_the_gateway(
     from aib.gateway.server import build_gateway
 
     gw = build_gateway(gateway_settings(config_dir=cdir), ObserveSettings(request_log=None, access_log=False))
-    import uvicorn
+    import uvloop
 
-    server = uvicorn.Server(
-        uvicorn.Config(gw, host="127.0.0.1", port=live_port, log_level="warning", lifespan="on")
-    )
-    t = Thread(target=server.run, daemon=True)
+    from aib.gateway.server import serve_app
+
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        holder["loop"], holder["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        await serve_app(gw, "127.0.0.1", live_port, stop=holder["stop"], drain_s=1)
+
+    t = Thread(target=uvloop.run, args=(main(),), daemon=True)
     t.start()
     try:
         deadline = time.monotonic() + 30
@@ -398,7 +400,10 @@ def test_prometheus_scraping_the_gateway(
         _, _, down = doctor("-c", str(cdir), "-g", f"http://127.0.0.1:{dead_port}", "--prometheus", url)
         _, _, unscraped = doctor("-c", str(cdir), "-g", dead_url(), "--prometheus", url)
     finally:
-        server.should_exit = True
+        while "stop" not in holder and t.is_alive():
+            time.sleep(0.01)
+        if "stop" in holder:
+            holder["loop"].call_soon_threadsafe(holder["stop"].set)
         t.join(10)
     assert ok["prometheus"]["status"] == "ok" and "job aib-gateway, up" in ok["prometheus"]["message"]
     assert down["prometheus"]["status"] == "fail" and "job gone" in down["prometheus"]["message"]

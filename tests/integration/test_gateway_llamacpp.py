@@ -6,13 +6,11 @@ short. The servers are shared with other tests: whatever a test stops, it starts
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,20 +19,12 @@ from openai import OpenAI
 from aib.config.load import LoadedConfig
 from aib.config.plan import RoutingPlan
 from aib.devtools.llamacpp import LlamaCppServer
-from gateway_harness import (
-    RunningGateway,
-    dead_url,
-    gateway_settings,
-    plan_from_yaml,
-    running_gateway,
-    sse_data,
-)
+from gateway_client import REFUSED, breaker_state
+from gateway_harness import RunningGateway, dead_url, gateway_settings, plan_from_yaml, running_gateway
+from openai_support import PROMPT, ask, assert_clean_sse, sdk_client, stream_chat
 
 pytestmark = pytest.mark.integration
 
-REFUSED = re.compile(r"cannot connect|unreachable|refused", re.IGNORECASE)  # wording may vary
-
-PROMPT = [{"role": "user", "content": "Say hello."}]
 MAPPINGS = """
     defaults:
       timeouts: {connect_s: 2, first_byte_s: 60, total_s: 120}
@@ -80,27 +70,7 @@ def llama_plan(config_dir: Path, servers: list[LlamaCppServer]) -> tuple[Routing
 
 def client(gw: RunningGateway, v1: bool = True) -> OpenAI:
     # no SDK retries: every failure the gateway lets through must be visible here
-    return OpenAI(base_url=gw.base_url + ("/v1" if v1 else ""), api_key="none", max_retries=0, timeout=60)
-
-
-def ask(c: OpenAI, model: str, max_tokens: int = 8) -> tuple[str, dict[str, str]]:
-    raw = c.chat.completions.with_raw_response.create(
-        model=model, messages=PROMPT, max_tokens=max_tokens, temperature=0
-    )
-    completion = raw.parse()
-    text = completion.choices[0].message.content or ""
-    return text, {
-        k: raw.headers.get(k, "")
-        for k in ("x-aib-provider", "x-aib-model", "x-aib-fallbacks", "x-request-id")
-    }
-
-
-def health(gw: RunningGateway) -> dict[str, Any]:
-    return dict(httpx.get(gw.base_url + "/health", timeout=10).json())
-
-
-def breaker_of(gw: RunningGateway, provider: str) -> dict[str, Any]:
-    return dict(health(gw)["providers"][provider]["breakers"].get(f"{provider}/smollm2", {}))
+    return sdk_client(gw.base_url + ("/v1" if v1 else ""))
 
 
 @pytest.fixture(scope="module")
@@ -135,29 +105,16 @@ def test_base_url_without_v1(gw: RunningGateway) -> None:
 
 
 def test_streaming_yields_chunks_and_ends_cleanly(gw: RunningGateway) -> None:
-    stream = client(gw).chat.completions.create(
-        model="smollm", messages=PROMPT, max_tokens=12, temperature=0, stream=True
-    )
-    pieces: list[str] = []
-    finish: str | None = None
-    n = 0
-    for chunk in stream:
-        n += 1
-        if chunk.choices:
-            pieces.append(chunk.choices[0].delta.content or "")
-            finish = chunk.choices[0].finish_reason or finish
-    assert n >= 3 and "".join(pieces).strip()
+    n, text, finish = stream_chat(client(gw), "smollm")
+    assert n >= 3 and text.strip()
     assert finish in ("length", "stop")
 
 
 def test_stream_bytes_end_with_done_and_no_error_event(gw: RunningGateway) -> None:
     body = {"model": "smollm-b", "messages": PROMPT, "max_tokens": 8, "stream": True}
     r = httpx.post(gw.base_url + "/v1/chat/completions", json=body, timeout=60)
-    assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream"
-    assert r.headers["x-aib-provider"] == "llama_b"
-    data = sse_data(r.text)
-    assert data[-1] == "[DONE]" and len(data) >= 3
-    assert not any('"error"' in d for d in data)
+    assert_clean_sse(r)
+    assert r.headers["content-type"] == "text/event-stream" and r.headers["x-aib-provider"] == "llama_b"
 
 
 def test_completions(gw: RunningGateway) -> None:
@@ -210,7 +167,7 @@ def test_fallback_chain_from_a_dead_port(gw: RunningGateway) -> None:
     assert headers["x-aib-provider"] in ("llama_a", "llama_b")
     assert headers["x-aib-fallbacks"] == "1"  # the dead port was tried first
     ask(c, "smollm-chain")  # second connection refused: breaker threshold 2
-    b = breaker_of(gw, "llama_dead")
+    b = breaker_state(gw, "llama_dead", "smollm2")
     assert b["state"] == "open" and REFUSED.search(b["last_error"]), b
     text, headers = ask(c, "smollm-chain")
     assert text.strip() and headers["x-aib-fallbacks"] == "0"  # the open breaker skips the dead port
@@ -243,7 +200,7 @@ def test_kill_one_server_mid_traffic(llama_servers: list[LlamaCppServer], tmp_pa
                 except Exception as exc:  # collected, asserted below
                     failures.append(f"request {i}: {type(exc).__name__}: {exc}")
                 if i > 6:
-                    states.append(str(breaker_of(g, "llama_b").get("state")))
+                    states.append(str(breaker_state(g, "llama_b", "smollm2").get("state")))
             stopper.join(30)
             assert not victim.is_running()
             assert failures == [], failures
@@ -253,7 +210,7 @@ def test_kill_one_server_mid_traffic(llama_servers: list[LlamaCppServer], tmp_pa
             print(f"served {served}\nbreaker states after the kill {states}")
             tail = served[-10:]
             assert set(tail) == {"llama_a"}  # and traffic went to the live one
-            b = breaker_of(g, "llama_b")
+            b = breaker_state(g, "llama_b", "smollm2")
             assert b["consecutive_failures"] >= 2 and b["last_error"]
 
             victim.start()  # same port; waits until it answers
@@ -265,7 +222,7 @@ def test_kill_one_server_mid_traffic(llama_servers: list[LlamaCppServer], tmp_pa
                     break
                 time.sleep(0.2)
             assert recovered, "llama_b never served again after its restart"
-            b = breaker_of(g, "llama_b")
+            b = breaker_state(g, "llama_b", "smollm2")
             assert (b["state"], b["consecutive_failures"]) == ("closed", 0)
             counts = Counter(ask(c, "smollm")[1]["x-aib-provider"] for _ in range(4))
             assert counts == {"llama_a": 2, "llama_b": 2}

@@ -10,7 +10,6 @@ without it these tests skip, except under CI, where they fail.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -22,12 +21,14 @@ import pytest
 from openai import OpenAI
 
 from aib.devtools.llamacpp import LlamaCppServer, free_port
-from aib.engines.litellm import EngineError, LiteLLMEngine, find_litellm
-from gateway_harness import ScriptedUpstream, dead_url, sse_data, write_config
+from aib.engines.litellm import LiteLLMEngine
+from gateway_harness import ScriptedUpstream, dead_url, write_config
+from litellm_support import require_litellm
+from openai_support import PROMPT, assert_clean_sse, sdk_client, stream_chat
+from openai_support import ask as sdk_ask
 
 pytestmark = pytest.mark.integration
 
-PROMPT = [{"role": "user", "content": "Say hello."}]
 MAPPINGS = """
     defaults:
       timeouts: {connect_s: 2, first_byte_s: 60, total_s: 120}
@@ -67,21 +68,12 @@ class Proxy:
     engine: LiteLLMEngine
 
     def client(self) -> OpenAI:
-        return OpenAI(base_url=self.base_url + "/v1", api_key="none", max_retries=0, timeout=120)
-
-
-def litellm_available() -> None:
-    try:
-        find_litellm()
-    except EngineError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI runs `make litellm` before the tests: {exc}")
-        pytest.skip(str(exc))
+        return sdk_client(self.base_url + "/v1", timeout=120)
 
 
 @pytest.fixture(scope="module")
 def proxy(llama_servers: list[LlamaCppServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    litellm_available()
+    require_litellm()
     a, b = llama_servers
     tmp = tmp_path_factory.mktemp("litellm-engine")
     with ScriptedUpstream(models=["org/model"]) as scripted:
@@ -124,11 +116,7 @@ def proxy(llama_servers: list[LlamaCppServer], tmp_path_factory: pytest.TempPath
 
 
 def ask(p: Proxy, model: str, max_tokens: int = 8) -> tuple[str, dict[str, str]]:
-    raw = p.client().chat.completions.with_raw_response.create(
-        model=model, messages=PROMPT, max_tokens=max_tokens, temperature=0
-    )
-    text = raw.parse().choices[0].message.content or ""
-    return text, {k: v for k, v in raw.headers.items() if k.startswith("x-litellm-")}
+    return sdk_ask(p.client(), model, max_tokens)
 
 
 def served_by(p: Proxy, headers: dict[str, str]) -> str:
@@ -188,28 +176,14 @@ def test_capability_name(proxy: Proxy) -> None:
 
 
 def test_streaming(proxy: Proxy) -> None:
-    stream = proxy.client().chat.completions.create(
-        model="smollm", messages=PROMPT, max_tokens=12, temperature=0, stream=True
-    )
-    pieces: list[str] = []
-    finish: str | None = None
-    n = 0
-    for chunk in stream:
-        n += 1
-        if chunk.choices:
-            pieces.append(chunk.choices[0].delta.content or "")
-            finish = chunk.choices[0].finish_reason or finish
-    assert n >= 3 and "".join(pieces).strip()
+    n, text, finish = stream_chat(proxy.client(), "smollm")
+    assert n >= 3 and text.strip()
     assert finish in ("length", "stop")
 
 
 def test_stream_bytes_end_with_done(proxy: Proxy) -> None:
     body = {"model": "smollm-b", "messages": PROMPT, "max_tokens": 8, "stream": True}
-    r = httpx.post(proxy.base_url + "/v1/chat/completions", json=body, timeout=120)
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    data = sse_data(r.text)
-    assert data[-1] == "[DONE]" and len(data) >= 3
-    assert not any('"error"' in d for d in data)
+    assert_clean_sse(httpx.post(proxy.base_url + "/v1/chat/completions", json=body, timeout=120))
 
 
 def test_completions(proxy: Proxy) -> None:

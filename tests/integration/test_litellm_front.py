@@ -11,8 +11,6 @@ serving. LiteLLM comes from ``make litellm`` (``.venv-litellm``) or ``$AIB_LITEL
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import threading
 import time
 from collections import Counter
@@ -24,7 +22,6 @@ import httpx
 import pytest
 
 from aib.devtools.llamacpp import pid_alive
-from aib.engines.litellm import EngineError, find_litellm
 from aib.engines.litellm_front import LiteLLMFront, attach_front, start_front
 from gateway_harness import (
     RunningGateway,
@@ -34,10 +31,10 @@ from gateway_harness import (
     wait_until,
     write_config,
 )
+from litellm_support import fake_bin, require_litellm
 
 pytestmark = pytest.mark.integration
 
-FAKE = Path(__file__).resolve().parents[1] / "fake_litellm.py"
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
@@ -76,12 +73,7 @@ class Front:
 
 @pytest.fixture(scope="module")
 def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
-    try:
-        find_litellm()
-    except EngineError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI runs `make litellm` before the tests: {exc}")
-        pytest.skip(str(exc))
+    require_litellm()
     tmp = tmp_path_factory.mktemp("front")
     with ScriptedUpstream() as a, ScriptedUpstream() as b:
         cfg = write_config(tmp / "cfg", providers(a, b), mappings("up_a"))
@@ -166,9 +158,7 @@ def test_reload_under_load_loses_nothing_and_stops_the_old_litellm(front: Front)
 
 
 def test_a_new_litellm_that_does_not_start_fails_the_reload(front: Front, tmp_path: Path) -> None:
-    exe = tmp_path / "litellm"
-    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
-    exe.chmod(0o755)
+    exe = fake_bin(tmp_path)
     serving, real = front.serving_pid(), (front.front.binary, front.front.env)
     front.front.binary = exe
     front.front.env = {**front.front.env, "FAKE_LITELLM_MODE": "crash"}

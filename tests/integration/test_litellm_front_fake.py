@@ -7,7 +7,6 @@ on SIGTERM). Every process started here is stopped here, by PID.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -25,39 +24,13 @@ from aib.observe.settings import ObserveSettings
 from aib.reload.controller import candidate_from
 from aib.reload.target import TargetError
 from gateway_harness import gateway_settings, wait_until, write_config
+from litellm_support import STANDIN_MAPPINGS, STANDIN_PROVIDERS, fake_env
 
 pytestmark = pytest.mark.integration
 
-FAKE = Path(__file__).resolve().parents[1] / "fake_litellm.py"
-PROVIDERS = """
-    providers:
-      local: {type: llamacpp, base_url: "http://127.0.0.1:9", models: [smollm2]}
-"""
-MAPPINGS = """
-    models:
-      smollm2: {provider: local}
-"""
-
-
-def fake_bin(tmp_path: Path) -> Path:
-    path = tmp_path / "bin" / "litellm"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
-    path.chmod(0o755)
-    return path
-
-
-def fake_env(tmp_path: Path, mode: str = "serve") -> dict[str, str]:
-    return {
-        **os.environ,
-        "AIB_LITELLM_BIN": str(fake_bin(tmp_path)),
-        "FAKE_LITELLM_MODE": mode,
-        "FAKE_LITELLM_RECORD": str(tmp_path / "record.jsonl"),
-    }
-
 
 def test_first_litellm_that_never_gets_ready(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "cfg", PROVIDERS, MAPPINGS)
+    cfg = write_config(tmp_path / "cfg", STANDIN_PROVIDERS, STANDIN_MAPPINGS)
     front = LiteLLMFront(env=fake_env(tmp_path, "crash"), log_path=tmp_path / "l.log")
     with pytest.raises(EngineError, match="exited with code 3 before it was ready"):
         start_front(cfg, front)
@@ -68,19 +41,21 @@ def test_first_litellm_that_never_gets_ready(tmp_path: Path) -> None:
 
 def test_ready_timeout_stops_it(tmp_path: Path) -> None:
     front = LiteLLMFront(env=fake_env(tmp_path), ready_timeout_s=0.01)  # Python alone takes longer
-    plan, cfg, _ = build_plan(write_config(tmp_path / "cfg", PROVIDERS, MAPPINGS))
+    plan, cfg, _ = build_plan(write_config(tmp_path / "cfg", STANDIN_PROVIDERS, STANDIN_MAPPINGS))
     with pytest.raises(TargetError, match="not ready within"):
         front.spawn(candidate_from(plan, cfg))
     asyncio.run(front.close())
 
 
 def test_target_switch_revert_verify_and_bounded_drain(tmp_path: Path) -> None:
-    cfg_dir = write_config(tmp_path / "cfg", PROVIDERS, MAPPINGS)
+    cfg_dir = write_config(tmp_path / "cfg", STANDIN_PROVIDERS, STANDIN_MAPPINGS)
     front = LiteLLMFront(env=fake_env(tmp_path), drain_s=0.3)
     gw = build_front(cfg_dir, gateway_settings(), front, ObserveSettings(metrics=False, request_log=None))
     target = LiteLLMTarget(front)
     first = candidate_from(*build_plan(cfg_dir)[:2])
-    write_config(cfg_dir, PROVIDERS, MAPPINGS + "      tiny: {provider: local, upstream: smollm2}\n")
+    write_config(
+        cfg_dir, STANDIN_PROVIDERS, STANDIN_MAPPINGS + "      tiny: {provider: local, upstream: smollm2}\n"
+    )
     second = candidate_from(*build_plan(cfg_dir)[:2])
     pids: list[int] = []
 
@@ -122,7 +97,7 @@ def test_front_plan_sends_the_master_key_when_set() -> None:
 
 
 def test_aib_serve_front_end_to_end(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "cfg", PROVIDERS, MAPPINGS)
+    cfg = write_config(tmp_path / "cfg", STANDIN_PROVIDERS, STANDIN_MAPPINGS)
     port = free_port()
     aib = Path(sys.executable).parent / "aib"
     cmd = [str(aib), "serve", "--engine", "litellm", "-c", str(cfg), "--port", str(port)]
@@ -170,7 +145,7 @@ def test_close_stops_a_litellm_still_starting(tmp_path: Path) -> None:
     slow.write_text("#!/bin/sh\nexec sleep 60\n")  # never ready
     slow.chmod(0o755)
     front = LiteLLMFront(binary=slow, env=fake_env(tmp_path), ready_timeout_s=60)
-    plan, cfg, _ = build_plan(write_config(tmp_path / "cfg", PROVIDERS, MAPPINGS))
+    plan, cfg, _ = build_plan(write_config(tmp_path / "cfg", STANDIN_PROVIDERS, STANDIN_MAPPINGS))
     failed: list[BaseException] = []
 
     def spawn() -> None:

@@ -7,8 +7,6 @@ regenerating the config on SIGHUP. Every process started here is stopped here, b
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,46 +23,9 @@ from aib.devtools.llamacpp import free_port, pid_alive
 from aib.engines.litellm import LiteLLMEngine, http_ok
 from aib.engines.supervisor import Backoff, Supervisor, SupervisorError
 from gateway_harness import wait_until, write_config
+from litellm_support import STANDIN_MAPPINGS, STANDIN_PROVIDERS, fake_bin, fake_env, fake_events
 
 pytestmark = pytest.mark.integration
-
-FAKE = Path(__file__).resolve().parents[1] / "fake_litellm.py"
-PROVIDERS = """
-    providers:
-      local: {type: llamacpp, base_url: "http://127.0.0.1:9", models: [smollm2]}
-"""
-MAPPINGS = """
-    models:
-      smollm2: {provider: local}
-"""
-
-
-def fake_bin(tmp_path: Path) -> Path:
-    """An executable ``litellm`` that runs tests/fake_litellm.py with this interpreter."""
-    path = tmp_path / "bin" / "litellm"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
-    path.chmod(0o755)
-    return path
-
-
-def events(record: Path) -> list[dict[str, Any]]:
-    if not record.exists():
-        return []
-    return [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
-
-
-def of(record: Path, event: str) -> list[dict[str, Any]]:
-    return [e for e in events(record) if e["event"] == event]
-
-
-def env_for(tmp_path: Path, mode: str, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "FAKE_LITELLM_MODE": mode,
-        "FAKE_LITELLM_RECORD": str(tmp_path / "record.jsonl"),
-        **extra,
-    }
 
 
 def supervisor(tmp_path: Path, mode: str, port: int, **kw: Any) -> Supervisor:
@@ -73,7 +34,7 @@ def supervisor(tmp_path: Path, mode: str, port: int, **kw: Any) -> Supervisor:
         "fake-litellm",
         cmd,
         ready=lambda: http_ok(f"http://127.0.0.1:{port}/health/readiness", timeout=0.5),
-        env=env_for(tmp_path, mode, **kw.pop("extra_env", {})),
+        env=fake_env(tmp_path, mode, **kw.pop("extra_env", {})),
         log_path=tmp_path / "child.log",
         poll_s=0.02,
         **kw,
@@ -121,7 +82,7 @@ def test_restarts_a_crashing_child_with_growing_back_off(tmp_path: Path, run_in_
     assert [e.code for e in first] == [7, 7, 7, 7]
     assert all(e.was_ready for e in first)
     assert [e.restart_in_s for e in first] == [0.05, 0.1, 0.2, 0.2]  # doubles, then capped
-    pids = [e["pid"] for e in of(tmp_path / "record.jsonl", "start")]
+    pids = [e["pid"] for e in fake_events(tmp_path, "start")]
     assert len(pids) >= 4 and len(set(pids)) == len(pids)
     assert len(sup.ready_times) >= 4
     assert not any(pid_alive(p) for p in pids)
@@ -146,7 +107,7 @@ def test_gives_up_on_a_child_that_never_gets_ready(tmp_path: Path, run_in_thread
     assert "exited 3 times in a row before it became ready" in str(err)
     assert "last exit code 3" in str(err)
     assert "crashing before ready" in str(err)  # the child's own output is in the message
-    assert len(of(tmp_path / "record.jsonl", "start")) == 3
+    assert len(fake_events(tmp_path, "start")) == 3
     assert sup.exits[-1].restart_in_s is None
 
 
@@ -160,8 +121,8 @@ def test_stops_cleanly_and_passes_the_signal(tmp_path: Path, run_in_thread: Any)
     sup.request_stop(signal.SIGINT)
     wait_until(lambda: "code" in out, timeout=20, what="run() to return")
     assert out["code"] == 0 and sup.exits == []
-    assert [e["signal"] for e in of(tmp_path / "record.jsonl", "signal")] == ["SIGINT"]
-    assert of(tmp_path / "record.jsonl", "exit")[-1]["code"] == 0
+    assert [e["signal"] for e in fake_events(tmp_path, "signal")] == ["SIGINT"]
+    assert fake_events(tmp_path, "exit")[-1]["code"] == 0
     assert sup.proc is not None and sup.proc.returncode == 0
     assert not pid_alive(pid)
     assert not http_ok(f"http://127.0.0.1:{port}/health/liveliness")
@@ -174,7 +135,7 @@ def test_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
     try:
         assert sup.wait_ready()
         assert sup.stop() == -signal.SIGKILL
-        assert [e["signal"] for e in of(tmp_path / "record.jsonl", "signal")] == ["SIGTERM"]
+        assert [e["signal"] for e in fake_events(tmp_path, "signal")] == ["SIGTERM"]
     finally:
         sup.stop()
     assert not sup.running()
@@ -185,8 +146,8 @@ def test_stop_leaves_no_worker_of_the_group_behind(tmp_path: Path) -> None:
     sup.start()
     try:
         assert sup.wait_ready()
-        wait_until(lambda: bool(of(tmp_path / "record.jsonl", "worker")), timeout=10, what="the worker")
-        worker = of(tmp_path / "record.jsonl", "worker")[0]["worker"]
+        wait_until(lambda: bool(fake_events(tmp_path, "worker")), timeout=10, what="the worker")
+        worker = fake_events(tmp_path, "worker")[0]["worker"]
         assert psutil.Process(worker).status() != psutil.STATUS_ZOMBIE
         assert sup.stop() == 0
     finally:
@@ -229,7 +190,7 @@ def test_planned_restart_is_not_a_failure(tmp_path: Path, run_in_thread: Any) ->
     sup.request_restart()
     wait_until(lambda: len(sup.ready_times) == 2, timeout=20, what="the restart")
     assert sup.exits == [] and sup.starts == 2
-    assert [e["signal"] for e in of(tmp_path / "record.jsonl", "signal")] == ["SIGTERM"]
+    assert [e["signal"] for e in fake_events(tmp_path, "signal")] == ["SIGTERM"]
 
 
 def test_start_errors_are_clear(tmp_path: Path) -> None:
@@ -256,20 +217,16 @@ def test_not_ready_in_time_is_stopped(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the engine and the CLI
 
 
-def engine_env(tmp_path: Path, mode: str = "serve") -> dict[str, str]:
-    return env_for(tmp_path, mode, AIB_LITELLM_BIN=str(fake_bin(tmp_path)))
-
-
 def test_engine_runs_the_generated_config_with_the_offline_environment(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "cfg", PROVIDERS, MAPPINGS)
-    env = {k: v for k, v in engine_env(tmp_path).items() if not k.startswith("LITELLM_")}
+    cfg = write_config(tmp_path / "cfg", STANDIN_PROVIDERS, STANDIN_MAPPINGS)
+    env = {k: v for k, v in fake_env(tmp_path).items() if not k.startswith("LITELLM_")}
     port = free_port()
     engine = LiteLLMEngine(cfg, port=port, env=env, log_path=tmp_path / "engine.log")
     t = threading.Thread(target=engine.run, daemon=True)
     t.start()
     try:
         wait_until(lambda: bool(engine.supervisor.ready_times), timeout=20, what="ready")
-        start = of(tmp_path / "record.jsonl", "start")[0]
+        start = fake_events(tmp_path, "start")[0]
         assert start["env"] == {
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "LITELLM_TELEMETRY_DISABLED": "true",
@@ -285,7 +242,7 @@ def test_engine_runs_the_generated_config_with_the_offline_environment(tmp_path:
         )
         assert engine.reload() is True
         wait_until(lambda: len(engine.supervisor.ready_times) == 2, timeout=20, what="the restart")
-        assert "model_name: other" in of(tmp_path / "record.jsonl", "start")[1]["config"]
+        assert "model_name: other" in fake_events(tmp_path, "start")[1]["config"]
         (cfg / "model-mappings.yaml").write_text("models:\n  broken: {provider: nowhere}\n")
         assert engine.reload() is False  # bad config: keeps running on the old one
         assert engine.supervisor.starts == 2 and engine.supervisor.running()
@@ -298,27 +255,27 @@ def test_engine_runs_the_generated_config_with_the_offline_environment(tmp_path:
 def test_engine_port_in_use(tmp_path: Path) -> None:
     import socket
 
-    cfg = write_config(tmp_path / "cfg", PROVIDERS, MAPPINGS)
+    cfg = write_config(tmp_path / "cfg", STANDIN_PROVIDERS, STANDIN_MAPPINGS)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        engine = LiteLLMEngine(cfg, port=s.getsockname()[1], env=engine_env(tmp_path))
+        engine = LiteLLMEngine(cfg, port=s.getsockname()[1], env=fake_env(tmp_path))
         from aib.engines.litellm import EngineError
 
         with pytest.raises(EngineError, match="already in use"):
             engine.run()
-    assert of(tmp_path / "record.jsonl", "start") == []
+    assert fake_events(tmp_path, "start") == []
     assert not engine.workdir.exists()
 
 
 def aib_serve(tmp_path: Path, port: int, mode: str = "serve") -> subprocess.Popen[bytes]:
-    cfg = write_config(tmp_path / "cfg", PROVIDERS, MAPPINGS)
+    cfg = write_config(tmp_path / "cfg", STANDIN_PROVIDERS, STANDIN_MAPPINGS)
     aib = Path(sys.executable).parent / "aib"
     cmd = [str(aib), "serve", "--engine", "litellm", "--litellm-direct", "-c", str(cfg), "--port", str(port)]
     with (tmp_path / "serve.log").open("wb") as log:
         return subprocess.Popen(
             cmd,
-            env=engine_env(tmp_path, mode),
+            env=fake_env(tmp_path, mode),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -336,7 +293,7 @@ def test_aib_serve_passes_the_signal_and_exits_0(tmp_path: Path, sig: signal.Sig
             what="the engine to be ready",
         )
         assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-        child = of(tmp_path / "record.jsonl", "start")[0]["pid"]
+        child = fake_events(tmp_path, "start")[0]["pid"]
         proc.send_signal(signal.SIGHUP)  # same config: no restart
         time.sleep(0.3)
         proc.send_signal(sig)
@@ -345,8 +302,8 @@ def test_aib_serve_passes_the_signal_and_exits_0(tmp_path: Path, sig: signal.Sig
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    assert [e["signal"] for e in of(tmp_path / "record.jsonl", "signal")] == [sig.name]
-    assert len(of(tmp_path / "record.jsonl", "start")) == 1
+    assert [e["signal"] for e in fake_events(tmp_path, "signal")] == [sig.name]
+    assert len(fake_events(tmp_path, "start")) == 1
     assert not pid_alive(child)
     log = (tmp_path / "serve.log").read_text()
     assert "ready in" in log and "did not change" in log and "Traceback" not in log

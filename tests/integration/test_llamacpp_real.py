@@ -24,6 +24,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from aib.devtools import models
 from aib.devtools.llamacpp import LlamaCppError, LlamaCppServer, free_port, llamacpp_available, pid_alive
+from openai_support import sdk_client
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ PROMPT: list[ChatCompletionMessageParam] = [
 
 
 def client_for(srv: LlamaCppServer) -> OpenAI:
-    return OpenAI(base_url=srv.base_url, api_key="sk-unused", max_retries=0, timeout=60)
+    return sdk_client(srv.base_url, api_key="sk-unused")
 
 
 # ----- the servers ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from aib.config.check import check_config
 from aib.config.compile import build_plan, compile_plan
 from aib.config.errors import ConfigError
 from aib.config.load import MAPPINGS_FILE, PROVIDERS_FILE, load_config
+from config_support import write_files
 
 pytestmark = pytest.mark.unit
 
@@ -42,8 +43,7 @@ models:
 
 def findings(tmp_path: Path, mappings: str = MAPPINGS, providers: str = PROVIDERS) -> list[str]:
     """Every issue as `file:line: path: message`, with the tmp folder cut off the file name."""
-    (tmp_path / PROVIDERS_FILE).write_text(providers)
-    (tmp_path / MAPPINGS_FILE).write_text(mappings)
+    write_files(tmp_path, providers, mappings)
     return [str(i).removeprefix(f"{tmp_path}/") for i in check_config(load_config(tmp_path))]
 
 
@@ -126,8 +126,7 @@ def test_two_providers_on_one_host_port(tmp_path: Path) -> None:
 def test_api_key_env_unset_is_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIB_TEST_KEY", raising=False)
     providers = PROVIDERS + "    api_key_env: AIB_TEST_KEY\n"
-    (tmp_path / PROVIDERS_FILE).write_text(providers)
-    (tmp_path / MAPPINGS_FILE).write_text(MAPPINGS)
+    write_files(tmp_path, providers, MAPPINGS)
     issues = check_config(load_config(tmp_path))
     assert [str(i).removeprefix(f"{tmp_path}/") for i in issues] == [
         p(

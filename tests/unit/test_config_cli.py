@@ -14,6 +14,8 @@ from typer.testing import CliRunner, Result
 from aib.cli import ports as portscan
 from aib.cli.main import app
 from aib.config.load import MAPPINGS_FILE, PROVIDERS_FILE, load_config
+from aib.devtools.llamacpp import free_port
+from config_support import write_files
 
 pytestmark = pytest.mark.unit
 
@@ -57,19 +59,11 @@ runner = CliRunner()
 
 
 def write(d: Path, providers: str = PROVIDERS, mappings: str = MAPPINGS) -> Path:
-    (d / PROVIDERS_FILE).write_text(providers)
-    (d / MAPPINGS_FILE).write_text(mappings)
-    return d
+    return write_files(d, providers, mappings)
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:
     return runner.invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from aib.config.load import (
     load_from_bytes,
     resolve_config_dir,
 )
+from config_support import write_files
 
 pytestmark = pytest.mark.unit
 
@@ -49,9 +50,7 @@ models:
 
 
 def write(d: Path, providers: str | bytes = PROVIDERS, mappings: str | bytes = MAPPINGS) -> Path:
-    for name, text in ((PROVIDERS_FILE, providers), (MAPPINGS_FILE, mappings)):
-        (d / name).write_bytes(text.encode() if isinstance(text, str) else text)
-    return d
+    return write_files(d, providers, mappings)
 
 
 def issues(d: Path) -> list[str]:

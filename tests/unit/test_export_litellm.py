@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +21,18 @@ from aib.config.export_litellm import (
     render_litellm,
     wildcard_model,
 )
-from aib.config.load import GENERATED_FILE, MAPPINGS_FILE, PROVIDERS_FILE
+from aib.config.load import GENERATED_FILE, MAPPINGS_FILE
 from aib.config.plan import RoutingPlan
+from config_support import copy_examples, write_files
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "config" / "examples"
 
 
 def example_dir(tmp_path: Path) -> Path:
     """The fully commented examples as a config folder: every provider type, a weighted group, patterns."""
-    d = tmp_path / "cfg"
-    d.mkdir()
-    shutil.copy(EXAMPLES / "providers.example.yaml", d / PROVIDERS_FILE)
-    shutil.copy(EXAMPLES / "model-mappings.example.yaml", d / MAPPINGS_FILE)
-    return d
-
-
-def write(d: Path, providers: str, mappings: str) -> Path:
-    d.mkdir(exist_ok=True)
-    (d / PROVIDERS_FILE).write_text(providers)
-    (d / MAPPINGS_FILE).write_text(mappings)
-    return d
+    return copy_examples(tmp_path / "cfg")
 
 
 def render(d: Path) -> str:
@@ -146,7 +134,7 @@ def test_equal_weights_or_another_strategy_write_no_weight(tmp_path: Path) -> No
         "models:\n  m:\n    strategy: least_outstanding\n    deployments:\n"
         "      - {provider: a, weight: 5}\n      - {provider: b, weight: 1}\n"
     )
-    doc = load(render(write(tmp_path / "c", providers, mappings)))
+    doc = load(render(write_files(tmp_path / "c", providers, mappings)))
     assert all("weight" not in e["litellm_params"] for e in doc["model_list"])
     # a group whose strategy differs from the default goes into a LiteLLM routing group
     assert doc["router_settings"]["routing_strategy"] == "simple-shuffle"
@@ -187,7 +175,7 @@ def test_openai_compatible_api_prefix_is_the_api_base(tmp_path: Path) -> None:
         "providers:\n  tgi:\n    type: openai_compatible\n    base_url: http://127.0.0.1:3000\n"
         "    api_prefix: /api/v1\n    api_key_env: TGI_TOKEN\n    models: [m]\n"
     )
-    doc = load(render(write(tmp_path / "c", providers, "models:\n  m: {provider: tgi}\n")))
+    doc = load(render(write_files(tmp_path / "c", providers, "models:\n  m: {provider: tgi}\n")))
     assert doc["model_list"][0]["litellm_params"] == {
         "model": "openai/m",
         "api_base": "http://127.0.0.1:3000/api/v1",
@@ -267,7 +255,7 @@ def test_inexpressible_pattern_is_a_comment_and_a_note(tmp_path: Path) -> None:
         "models:\n  m: {provider: o}\n"
         "patterns:\n  - {match: 'q/?', provider: o}\n  - {match: 'r/*/*', provider: o, upstream: '{2}:{1}'}\n"
     )
-    plan, cfg, _ = build_plan(write(tmp_path / "c", providers, mappings))
+    plan, cfg, _ = build_plan(write_files(tmp_path / "c", providers, mappings))
     export = export_litellm(cfg, plan)
     assert [e["model_name"] for e in load(export.text)["model_list"]] == ["m"]
     assert any("'q/?'" in n and "no '?'" in n for n in export.notes)
@@ -348,7 +336,7 @@ def test_disabled_providers_are_left_out_with_their_routes_aliases_and_chains(tm
         "  c: {provider: off, aliases: [cee]}\n"
         "patterns:\n  - {match: 'off/*', provider: off}\n"
     )
-    plan, cfg, _ = build_plan(write(tmp_path / "c", providers, mappings))
+    plan, cfg, _ = build_plan(write_files(tmp_path / "c", providers, mappings))
     export = export_litellm(cfg, plan)
     doc = load(export.text)
     assert [e["model_name"] for e in doc["model_list"]] == ["a", "b"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,10 @@ from aib.config.compile import build_plan
 from aib.config.export_litellm import render_litellm
 from aib.config.jsonschema import SCHEMA_FILES
 from aib.config.load import GENERATED_FILE, MAPPINGS_FILE, PROVIDERS_FILE
+from config_support import copy_examples
 
 pytestmark = pytest.mark.unit
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
 runner = CliRunner()
 
 
@@ -28,11 +27,7 @@ def run(*args: str) -> Result:
 @pytest.fixture
 def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("AIB_CONFIG_DIR", raising=False)
-    d = tmp_path / "config"
-    d.mkdir()
-    shutil.copy(EXAMPLES / "providers.example.yaml", d / PROVIDERS_FILE)
-    shutil.copy(EXAMPLES / "model-mappings.example.yaml", d / MAPPINGS_FILE)
-    return d
+    return copy_examples(tmp_path / "config")
 
 
 def expected(d: Path) -> str:

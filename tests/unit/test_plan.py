@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from aib.config.check import check_config, glob_regex, glob_shadows
 from aib.config.compile import build_plan, compile_plan
-from aib.config.load import MAPPINGS_FILE, PROVIDERS_FILE, load_from_bytes
+from aib.config.load import load_from_bytes
 from aib.config.plan import _PATTERN_CACHE_SIZE, RoutingPlan
+from config_support import write_files
 
 pytestmark = pytest.mark.unit
 
@@ -98,9 +99,7 @@ capabilities:
 
 @pytest.fixture
 def plan(tmp_path: Path) -> RoutingPlan:
-    (tmp_path / PROVIDERS_FILE).write_text(PROVIDERS)
-    (tmp_path / MAPPINGS_FILE).write_text(MAPPINGS)
-    built, _cfg, warnings = build_plan(tmp_path)
+    built, _cfg, warnings = build_plan(write_files(tmp_path, PROVIDERS, MAPPINGS))
     assert warnings == []
     return built
 
@@ -266,11 +265,8 @@ def test_with_discovered(plan: RoutingPlan) -> None:
 
 
 def test_with_discovered_ignores_disabled_provider(tmp_path: Path) -> None:
-    (tmp_path / PROVIDERS_FILE).write_text(
-        PROVIDERS.replace("    discovery: true\n", "    discovery: true\n    enabled: false\n")
-    )
-    (tmp_path / MAPPINGS_FILE).write_text("models:\n  big:\n    provider: vllm\n")
-    built, _, _ = build_plan(tmp_path)
+    disabled = PROVIDERS.replace("    discovery: true\n", "    discovery: true\n    enabled: false\n")
+    built, _, _ = build_plan(write_files(tmp_path, disabled, "models:\n  big:\n    provider: vllm\n"))
     assert "mistral" not in built.with_discovered({"ollama": ("mistral",)}).groups
 
 

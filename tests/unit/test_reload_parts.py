@@ -19,6 +19,7 @@ from aib.reload.diff import PlanDiff, diff_plans, lines_of
 from aib.reload.settings import ReloadSettings
 from aib.reload.sources import MAX_FILE_BYTES, Sources, read_sources
 from aib.reload.watcher import ConfigWatcher
+from config_support import write_files
 from gateway_harness import plan_from_yaml
 from reload_support import mappings_yaml, provider_yaml
 
@@ -66,10 +67,7 @@ def test_bad_settings_are_config_errors_naming_the_variable() -> None:
 
 
 def _files(d: Path, providers: str = "providers: {}\n", mappings: str = "models: {}\n") -> Path:
-    d.mkdir(exist_ok=True)
-    (d / PROVIDERS_FILE).write_text(providers)
-    (d / MAPPINGS_FILE).write_text(mappings)
-    return d
+    return write_files(d, providers, mappings)
 
 
 def test_read_sources(tmp_path: Path) -> None:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from aib.cli.main import app
 from aib.config.load import MAPPINGS_FILE, PROVIDERS_FILE
+from aib.devtools.llamacpp import free_port
+from config_support import write_files
+from gateway_harness import RunningGateway, ScriptedUpstream, gateway_settings, running_gateway, write_config
 
 pytestmark = pytest.mark.unit
 
@@ -42,19 +43,9 @@ echo "fake $1 ok"
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def cfg(tmp_path: Path) -> Path:
-    d = tmp_path / "config"
-    d.mkdir()
-    (d / PROVIDERS_FILE).write_text(PROVIDERS)
-    (d / MAPPINGS_FILE).write_text(MAPPINGS)
-    return d
+    return write_files(tmp_path / "config", PROVIDERS, MAPPINGS)
 
 
 @pytest.fixture
@@ -76,40 +67,6 @@ def run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]
 
 def has_command(name: str) -> bool:
     return any(c.name == name for c in app.registered_commands)
-
-
-class _Health(BaseHTTPRequestHandler):
-    health_status = 200
-
-    def do_GET(self) -> None:
-        status, body = (
-            (200, b"{}") if self.path == "/health/live" else (self.health_status, b'{"status": "healthy"}')
-        )
-        if self.path not in ("/health/live", "/health"):
-            status, body = 404, b"{}"
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # keep test output clean
-        pass
-
-
-@pytest.fixture
-def gateway() -> Iterator[tuple[str, type[_Health]]]:
-    """A stand-in gateway on loopback answering /health/live and /health."""
-    handler = type("Handler", (_Health,), {"health_status": 200})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @pytest.mark.parametrize("script", WRAPPERS)
@@ -163,16 +120,83 @@ def test_generate_litellm_config_help() -> None:
     assert "Usage" in result.stdout
 
 
-@pytest.mark.skipif(not has_command("generate"), reason="`aib generate` has not landed yet")
+# --------------------------------------------------------------------------- validate-unified-backend.sh: aib doctor
+
+
 def test_validate_unified_backend_with_real_aib_fails_on_bad_config(cfg: Path) -> None:
     (cfg / PROVIDERS_FILE).write_text("providers: {\n")
+    url = f"http://127.0.0.1:{free_port()}"
     result = run(
         "validate-unified-backend.sh",
+        "--ui-port",
+        str(free_port()),
         AIB_CONFIG_DIR=str(cfg),
-        AIB_GATEWAY_URL=f"http://127.0.0.1:{free_port()}",
+        AIB_GATEWAY_URL=url,
     )
-    assert result.returncode == 2
-    assert "YAML syntax error" in result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "YAML syntax error" in result.stdout
+    assert f"nothing answers at {url}/health" in result.stdout  # $AIB_GATEWAY_URL still names the gateway
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[Path, RunningGateway, ScriptedUpstream]]:
+    """A real gateway (in this process) in front of a scripted upstream, on a config folder of its own."""
+    with ScriptedUpstream(models=["m1"]) as up:
+        cdir = write_config(
+            tmp_path / "live",
+            f"""
+            version: 1
+            providers:
+              up: {{type: openai_compatible, base_url: "{up.base_url}", models: [m1], health: {{timeout_s: 2}}}}
+            """,
+            "version: 1\nmodels:\n  m1: {provider: up}\n",
+        )
+        with running_gateway(cdir, gateway_settings(health_checks=True)) as gw:
+            gw.wait_first_probe()
+            yield cdir, gw, up
+
+
+def test_validate_unified_backend_passes_on_a_healthy_backend(
+    live: tuple[Path, RunningGateway, ScriptedUpstream],
+) -> None:
+    cdir, gw, _up = live
+    args = ("-c", str(cdir), "-g", gw.base_url + "/", "--ui-port", str(free_port()))
+    ok = run("validate-unified-backend.sh", *args)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "provider up" in ok.stdout and f"{gw.base_url}: healthy, 1/1 providers up" in ok.stdout
+    assert "no problems, 1 warning: generated file" in ok.stdout
+    strict = run("validate-unified-backend.sh", *args, "--strict", "--json")  # options are doctor's
+    assert strict.returncode == 1, strict.stdout + strict.stderr  # the missing LiteLLM file is a warning
+    report = json.loads(strict.stdout)
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert report["ok"] is False and statuses["generated file"] == "warn"
+    assert statuses["config"] == statuses["provider up"] == statuses["gateway"] == "ok"
+
+
+def test_validate_unified_backend_unhealthy_gateway_fails(
+    live: tuple[Path, RunningGateway, ScriptedUpstream],
+) -> None:
+    cdir, gw, up = live
+    up.healthy = False  # its probes answer 503 from now on
+    gw.probe_now()
+    result = run(
+        "validate-unified-backend.sh",
+        "--ui-port",
+        str(free_port()),
+        AIB_CONFIG_DIR=str(cdir),
+        AIB_GATEWAY_URL=gw.base_url,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "503" in result.stdout and "no provider answers" in result.stdout
+    assert "2 problems" in result.stdout and "provider up, gateway" in result.stdout
+
+
+def test_validate_unified_backend_without_gateway_fails_and_says_how_to_start_it(cfg: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run("validate-unified-backend.sh", "-c", str(cfg), "-g", url, "--ui-port", str(free_port()))
+    assert result.returncode == 1
+    assert f"nothing answers at {url}/health" in result.stdout and "make run (or aib serve)" in result.stdout
 
 
 # --------------------------------------------------------------------------- wiring, through a fake aib
@@ -194,60 +218,24 @@ def test_wrapper_exit_code_is_aibs(fake_aib: Path, tmp_path: Path) -> None:
     assert "fake generate failed" in result.stderr
 
 
-def test_validate_unified_backend_all_steps_and_health(
-    fake_aib: Path, tmp_path: Path, gateway: tuple[str, type[_Health]]
-) -> None:
-    url, _handler = gateway
-    log = tmp_path / "calls.log"
-    result = run(
-        "validate-unified-backend.sh", AIB_BIN=str(fake_aib), FAKE_AIB_LOG=str(log), AIB_GATEWAY_URL=url + "/"
-    )
+def test_validate_unified_backend_help_is_doctors() -> None:
+    result = run("validate-unified-backend.sh", "--help")
     assert result.returncode == 0, result.stderr
-    assert log.read_text().splitlines() == ["validate", "generate --check"]
-    assert f"gateway at {url} /health:" in result.stdout
-    assert '{"status": "healthy"}' in result.stdout
-
-
-def test_validate_unified_backend_unhealthy_gateway_fails(
-    fake_aib: Path, tmp_path: Path, gateway: tuple[str, type[_Health]]
-) -> None:
-    url, handler = gateway
-    handler.health_status = 503
-    result = run(
-        "validate-unified-backend.sh",
-        AIB_BIN=str(fake_aib),
-        FAKE_AIB_LOG=str(tmp_path / "log"),
-        AIB_GATEWAY_URL=url,
+    assert (
+        "Usage: aib doctor" in result.stdout and "--strict" in result.stdout and "--gateway" in result.stdout
     )
-    assert result.returncode != 0
-    assert "503" in result.stderr
 
 
-def test_validate_unified_backend_without_gateway_skips_health(fake_aib: Path, tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    result = run(
-        "validate-unified-backend.sh",
-        AIB_BIN=str(fake_aib),
-        FAKE_AIB_LOG=str(tmp_path / "log"),
-        AIB_GATEWAY_URL=url,
-    )
-    assert result.returncode == 0, result.stderr
-    assert f"no gateway answers at {url}; health check skipped" in result.stdout
-
-
-@pytest.mark.parametrize("step", ["validate", "generate"])
-def test_validate_unified_backend_stops_at_a_failing_step(fake_aib: Path, tmp_path: Path, step: str) -> None:
+def test_validate_unified_backend_execs_aib_doctor(fake_aib: Path, tmp_path: Path) -> None:
     log = tmp_path / "calls.log"
-    result = run(
-        "validate-unified-backend.sh",
-        AIB_BIN=str(fake_aib),
-        FAKE_AIB_LOG=str(log),
-        FAKE_AIB_FAIL=step,
-        AIB_GATEWAY_URL=f"http://127.0.0.1:{free_port()}",
-    )
-    assert result.returncode == 3
-    assert log.read_text().splitlines()[-1].startswith(step)
-    assert "health" not in result.stdout
+    env = {"AIB_BIN": str(fake_aib), "FAKE_AIB_LOG": str(log)}
+    assert run("validate-unified-backend.sh", **env).returncode == 0
+    args = ("--strict", "--json", "-c", "cfg", "-g", "http://127.0.0.1:9", "--prometheus", "http://p:9090")
+    assert run("validate-unified-backend.sh", *args, **env).returncode == 0
+    assert log.read_text().splitlines() == ["doctor", "doctor " + " ".join(args)]
+    failed = run("validate-unified-backend.sh", FAKE_AIB_FAIL="doctor", **env)
+    assert failed.returncode == 3  # aib's own exit code
+    assert "fake doctor failed" in failed.stderr
 
 
 @pytest.mark.parametrize("script", WRAPPERS)
