@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,6 +26,7 @@ from aib.config.jsonschema import (
 from aib.config.load import MAPPINGS_FILE, PROVIDERS_FILE
 from aib.config.schema import MappingsFile, ProvidersFile
 from aib.config.yamlsource import to_plain
+from config_support import copy_examples
 
 pytestmark = pytest.mark.unit
 
@@ -161,11 +161,7 @@ def test_shipped_files_and_examples_validate_against_the_json_schema(
 
 
 def test_examples_compile_into_a_plan_without_errors(tmp_path: Path) -> None:
-    d = tmp_path / "cfg"
-    d.mkdir()
-    shutil.copy(EXAMPLES / "providers.example.yaml", d / PROVIDERS_FILE)
-    shutil.copy(EXAMPLES / "model-mappings.example.yaml", d / MAPPINGS_FILE)
-    plan, _, warnings = build_plan(d)  # raises ConfigError on any error
+    plan, _, warnings = build_plan(copy_examples(tmp_path / "cfg"))  # raises ConfigError on any error
     assert all(w.severity == "warning" for w in warnings)
     assert {p.type for p in plan.providers.values()} == {
         "ollama",
@@ -174,6 +170,7 @@ def test_examples_compile_into_a_plan_without_errors(tmp_path: Path) -> None:
         "openai",
         "anthropic",
         "openai_compatible",
+        "litellm_sdk",
     }
     assert any(len(g.targets) > 1 and g.strategy == "weighted" for g in plan.groups.values())
     assert plan.aliases and plan.patterns and plan.capabilities

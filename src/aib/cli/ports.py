@@ -53,9 +53,15 @@ def configured(cfg: LoadedConfig, gateway_port: int, ui_port: int) -> list[PortR
         rep.users.append(user)
         rep.kinds.append(kind)
 
+    sdk: dict[tuple[str, int], list[str]] = {}
     for name, prov in cfg.providers.providers.items():
         host, port = prov.host_port
+        if prov.type == "litellm_sdk":  # every litellm_sdk provider on one address shares its adapter
+            sdk.setdefault((host, port), []).append(name)
+            continue
         add(host, port, f"provider {name}" + ("" if prov.enabled else " (disabled)"), "provider")
+    for (host, port), names in sdk.items():
+        add(host, port, f"LiteLLM SDK adapter ({', '.join(names)})", "provider")
     add("localhost", gateway_port, "gateway", "gateway")
     add("localhost", ui_port, "ui", "ui")
     return sorted(by_addr.values(), key=lambda r: (not is_local(r.host), r.port))

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 
 from aib.config.errors import ConfigIssue, Severity
+from aib.config.litellm_sdk import AdapterPython, find_adapter_python
 from aib.config.load import LoadedConfig
 from aib.config.schema import CAPABILITY_PREFIX, Deployment, MappingsFile, ProvidersFile
 
@@ -40,6 +41,7 @@ class _Checker:
         self.p: ProvidersFile = cfg.providers
         self.m: MappingsFile = cfg.mappings
         self.issues: list[ConfigIssue] = []
+        self._adapter: AdapterPython | None = None
 
     def add(self, file: str, loc: tuple[str | int, ...], msg: str, severity: Severity = "error") -> None:
         doc = self.cfg.providers_doc if file == "p" else self.cfg.mappings_doc
@@ -79,20 +81,22 @@ class _Checker:
         return self.issues
 
     def check_providers(self) -> None:
-        seen: dict[tuple[str, int], str] = {}
+        seen: dict[tuple[str, int], tuple[str, str]] = {}  # address -> (provider, type)
         for name, prov in self.p.providers.items():
             hp = prov.host_port
             if prov.type in ("openai", "anthropic"):
                 pass  # one cloud API, several keys or organisations: a legitimate setup
-            elif hp in seen:
+            elif hp in seen and not (prov.type == seen[hp][1] == "litellm_sdk"):  # those share one adapter
                 self.add(
                     "p",
                     ("providers", name, "base_url"),
-                    f"{hp[0]}:{hp[1]} is also used by provider {seen[hp]!r}; two providers cannot share "
+                    f"{hp[0]}:{hp[1]} is also used by provider {seen[hp][0]!r}; two providers cannot share "
                     "one server (list both models under one provider)",
                 )
             else:
-                seen[hp] = name
+                seen.setdefault(hp, (name, prov.type))
+            if prov.type == "litellm_sdk" and prov.enabled:
+                self.check_sdk_adapter(name)
             if prov.api_key_env and not os.environ.get(prov.api_key_env):
                 self.add(
                     "p",
@@ -106,6 +110,12 @@ class _Checker:
                 if mname in names[:i]:
                     self.add("p", ("providers", name, "models", i), f"model {mname!r} is listed twice")
 
+    def check_sdk_adapter(self, name: str) -> None:
+        if self._adapter is None:
+            self._adapter = find_adapter_python()
+        if self._adapter.problem:
+            self.add("p", ("providers", name, "type"), self._adapter.problem, "warning")
+
     def check_references(self) -> None:
         provs = self.p.providers
         for loc, d in self.deployments():
@@ -115,6 +125,15 @@ class _Checker:
                 self.add("m", loc, f"unknown provider {d.provider!r} (known: {', '.join(sorted(provs))})")
                 continue
             upstream = d.upstream or route_name
+            sdk_model = getattr(prov, "litellm_model", None)
+            if isinstance(sdk_model, dict) and upstream not in sdk_model:
+                self.add(
+                    "m",
+                    (*loc[:-1], "upstream") if d.upstream else loc,
+                    f"provider {d.provider!r} maps no LiteLLM model for {upstream!r} (litellm_model has: "
+                    f"{', '.join(sdk_model)})",
+                )
+                continue
             served = [m.name for m in prov.models]
             if served and upstream not in served and not prov.discovery:
                 self.add(

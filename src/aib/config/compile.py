@@ -7,6 +7,7 @@ from types import MappingProxyType
 
 from aib.config.check import check_config, glob_regex
 from aib.config.errors import ConfigError, ConfigIssue
+from aib.config.litellm_sdk import SdkOptions
 from aib.config.load import LoadedConfig, load_config
 from aib.config.plan import (
     DEFAULT_HEALTH_PATHS,
@@ -16,7 +17,29 @@ from aib.config.plan import (
     RoutingPlan,
     Target,
 )
-from aib.config.schema import OpenAICompatibleProvider, ProviderBase, Route, Timeouts
+from aib.config.schema import (
+    LiteLLMSdkProvider,
+    OpenAICompatibleProvider,
+    ProviderBase,
+    Route,
+    Timeouts,
+)
+
+
+def _sdk_options(name: str, prov: ProviderBase) -> SdkOptions | None:
+    if not isinstance(prov, LiteLLMSdkProvider):
+        return None
+    model = prov.litellm_model
+    return SdkOptions(
+        provider=name,
+        model=model if isinstance(model, str) else MappingProxyType(dict(model)),
+        api_base=prov.api_base,
+        api_key_env=prov.api_key_env,
+        timeout_s=prov.timeout_s,
+        drop_params=prov.drop_params,
+        params=MappingProxyType(dict(prov.litellm_params)),
+        models=tuple(m.name for m in prov.models),
+    )
 
 
 def _provider_info(name: str, prov: ProviderBase) -> ProviderInfo:
@@ -38,6 +61,7 @@ def _provider_info(name: str, prov: ProviderBase) -> ProviderInfo:
         capabilities=MappingProxyType({m.name: m.capabilities for m in prov.models}),
         description=prov.description,
         hardware=prov.hardware,
+        sdk=_sdk_options(name, prov),
     )
 
 

@@ -13,6 +13,8 @@ The forms follow what LiteLLM itself reads (litellm 1.108.x):
   embeds only through ``ollama/``) with ``api_base`` = the server root, without ``/v1``;
 * llama.cpp, vLLM and other OpenAI-compatible servers as ``openai/<model>`` with ``api_base`` =
   ``<base_url>/v1`` and an ``api_key`` (the OpenAI client needs one; a placeholder when none is set);
+* ``litellm_sdk`` providers as their own LiteLLM model string (``litellm_model``), ``api_base`` and
+  ``litellm_params``: LiteLLM calls those SDKs itself, no adapter in between;
 * keys only as ``os.environ/NAME``;
 * patterns as LiteLLM wildcards: ``model_name: "ollama/*"`` with ``model: "ollama_chat/*"``, where
   LiteLLM puts the request's wildcard parts into the ``*`` of ``model`` in order;
@@ -228,6 +230,13 @@ class _Exporter:
             params: dict[str, object] = {"model": model, "api_base": prov.base_url}
             if prov.api_key_env:
                 params["api_key"] = f"os.environ/{prov.api_key_env}"
+        elif prov.sdk is not None:  # litellm_sdk: the adapter's own model string, straight to LiteLLM
+            params = {"model": prov.sdk.litellm_model(upstream)}
+            if prov.sdk.api_base:
+                params["api_base"] = prov.sdk.api_base
+            if prov.api_key_env:
+                params["api_key"] = f"os.environ/{prov.api_key_env}"
+            params.update(prov.sdk.params)
         elif prov.type == "anthropic":
             params = {"model": f"anthropic/{upstream}", "api_base": prov.base_url}
             if prov.api_key_env:  # without one LiteLLM reads ANTHROPIC_API_KEY itself
@@ -292,6 +301,8 @@ class _Exporter:
                 self.notes.append(f"{label}: provider {p.provider!r} is disabled; left out")
                 continue
             model, why = wildcard_model(p.glob, p.upstream)
+            if model is not None and prov.sdk is not None and prov.sdk.litellm_model(model) is None:
+                model, why = None, "its provider maps model names one by one (litellm_model is a mapping)"
             if model is None:
                 self.notes.append(f"{label} -> {p.upstream!r}: {why}; left out")
                 continue

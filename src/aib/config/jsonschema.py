@@ -48,12 +48,14 @@ PROVIDER_DEFS = (
     "OpenAIProvider",
     "AnthropicProvider",
     "OpenAICompatibleProvider",
+    "LiteLLMSdkProvider",
 )
 
 # Descriptions for keys (and models: field "") that have none in aib.config.schema. "*Provider" is
 # every provider type. A test fails when schema.py gains a description that is also filled here.
 DESCRIPTIONS: dict[tuple[str, str], str] = {
-    ("*Provider", "type"): "Kind of server: ollama, llamacpp, vllm, openai, anthropic or openai_compatible. "
+    ("*Provider", "type"): "Kind of server: ollama, llamacpp, vllm, openai, anthropic, openai_compatible or "
+    "litellm_sdk (through the LiteLLM SDK adapter). "
     "Selects the keys allowed here and how the gateway calls, probes and discovers the server.",
     ("*Provider", "health"): "How the gateway probes this provider (see `providers.<name>.health`).",
     ("OpenAIProvider", "base_url"): "Root URL of the OpenAI API, no /v1 suffix; change it only for a proxy "

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal
 
+from aib.config.litellm_sdk import SdkOptions
 from aib.config.schema import CAPABILITY_PREFIX, HealthCheck, Timeouts
 
 MatchKind = Literal["exact", "alias", "discovered", "pattern", "capability"]
@@ -26,6 +27,7 @@ DEFAULT_HEALTH_PATHS = {
     "openai": "/v1/models",
     "anthropic": "/v1/models",
     "openai_compatible": "/v1/models",
+    "litellm_sdk": "/health",  # the adapter's own: is LiteLLM loaded, is the provider's key set
 }
 
 
@@ -45,6 +47,7 @@ class ProviderInfo:
     capabilities: Mapping[str, tuple[str, ...]]  # upstream model -> capabilities
     description: str | None = None
     hardware: str | None = None
+    sdk: SdkOptions | None = None  # type litellm_sdk: what the LiteLLM SDK adapter needs
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,19 +151,19 @@ class RoutingPlan:
     default_fallbacks: tuple[str, ...] = ()  # end of discovered models' chains (compiled into patterns')
     discovered: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # provider -> models
     _pattern_cache: dict[str, Resolution] = field(default_factory=dict, repr=False, compare=False)
+    # resolutions of configured names and aliases (bounded by the config), filled on first use
+    _known: dict[str, Resolution] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ resolve
 
-    # resolutions of configured names and aliases (bounded by the config), filled on first use
-    _known: dict[str, Resolution] = field(default_factory=dict, repr=False, compare=False)
     def resolve(self, name: str) -> Resolution | None:
         """Exact name, alias, discovered model; then ``capability/<x>`` (a reserved prefix), then patterns."""
-        group = self.groups.get(name)
-        if group is not None:
-            kind: MatchKind = "discovered" if group.origin == "discovered" else "exact"
         known = self._known.get(name)  # exact names and aliases: built once per plan, then looked up
         if known is not None:
             return known
+        group = self.groups.get(name)
+        if group is not None:
+            kind: MatchKind = "discovered" if group.origin == "discovered" else "exact"
             rule = f"model {name!r}" if kind == "exact" else f"discovered on {group.targets[0].provider}"
             res = self._known[name] = Resolution(name, kind, rule, group, self._fallbacks(group))
             return res
@@ -176,12 +179,12 @@ class RoutingPlan:
         cached = self._pattern_cache.get(name)
         if cached is not None:
             return cached
-        res = self._resolve_pattern(name)
-        if res is not None:  # misses are not cached: random unknown names cannot evict hits
+        found = self._resolve_pattern(name)
+        if found is not None:  # misses are not cached: random unknown names cannot evict hits
             if len(self._pattern_cache) >= _PATTERN_CACHE_SIZE:
                 del self._pattern_cache[next(iter(self._pattern_cache))]  # oldest first
-            self._pattern_cache[name] = res
-        return res
+            self._pattern_cache[name] = found
+        return found
 
     def _fallbacks(self, group: Group) -> tuple[Group, ...]:
         return tuple(self.groups[f] for f in group.fallbacks if f in self.groups)
@@ -279,5 +282,5 @@ class RoutingPlan:
             groups=MappingProxyType(groups),
             discovered=MappingProxyType(dict(discovered)),
             _pattern_cache={},
-        )
             _known={},
+        )

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from aib.config.litellm_sdk import DEFAULT_ADAPTER_URL, param_problem
+
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 ProviderName = Annotated[str, Field(pattern=NAME_RE, max_length=64)]
 ModelName = Annotated[str, Field(min_length=1, max_length=200)]
@@ -47,7 +49,7 @@ class HealthCheck(Strict):
     endpoint: str | None = Field(
         None,
         description="Path probed for liveness. Default by type: ollama /api/tags, llamacpp /v1/models, "
-        "vllm /health, openai and openai_compatible /v1/models, anthropic /v1/models.",
+        "vllm /health, openai and openai_compatible /v1/models, anthropic /v1/models, litellm_sdk /health.",
         examples=["/health"],
     )
     interval_s: float = Field(10.0, gt=0, le=3600, description="Seconds between probes.")
@@ -172,16 +174,105 @@ class OpenAICompatibleProvider(ProviderBase):
     api_prefix: str = Field("/v1", description="Path prefix of the OpenAI API on this server.")
 
 
+LiteLLMParam = str | int | float | bool
+
+
+class LiteLLMSdkProvider(ProviderBase):
+    """A provider called through the LiteLLM SDK (Bedrock, Vertex, Anthropic's own API, ...): the gateway
+    runs the LiteLLM SDK adapter on `base_url` (loopback) and talks OpenAI-compatible HTTP to it."""
+
+    type: Literal["litellm_sdk"]
+    base_url: str = Field(
+        DEFAULT_ADAPTER_URL,
+        description="For litellm_sdk: the loopback address (http://127.0.0.1:PORT, port free) where the "
+        "gateway runs the adapter; providers with the same address share one adapter process.",
+    )
+    litellm_model: str | dict[ModelName, Annotated[str, Field(min_length=1)]] = Field(
+        description="The LiteLLM model string: a template where {model} is the model name a route sends "
+        "(anthropic/{model}), one fixed string for every model, or a mapping model name -> model string.",
+        examples=["anthropic/{model}"],
+    )
+    api_base: str | None = Field(
+        None,
+        description="Upstream URL handed to LiteLLM as api_base. Default: LiteLLM's own for that provider.",
+        examples=["https://api.anthropic.com"],
+    )
+    timeout_s: float = Field(
+        600.0, gt=0, le=86400, description="Time limit LiteLLM gets for one upstream call.", examples=[120]
+    )
+    drop_params: bool = Field(
+        True,
+        description="Drop request fields the upstream does not support (LiteLLM's drop_params) instead of "
+        "answering 400.",
+        examples=[False],
+    )
+    litellm_params: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")], LiteLLMParam] = Field(
+        {},
+        description="Extra keyword arguments of every LiteLLM call (e.g. aws_region_name). No credentials: "
+        "those come from the environment.",
+        examples=[{"aws_region_name": "eu-west-1"}],
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                "the adapter runs on this machine: use http://127.0.0.1:PORT (the upstream's URL goes in "
+                "`api_base`)"
+            )
+        if not parts.port or parts.path.strip("/"):
+            raise ValueError("give the adapter's port and no path, e.g. http://127.0.0.1:4010")
+        return v
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base(cls, v: str | None) -> str | None:
+        if v is not None and (urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname):
+            raise ValueError(f"api_base must be an http:// or https:// URL (got {v!r})")
+        return v
+
+    @field_validator("litellm_model")
+    @classmethod
+    def _model(cls, v: str | dict[str, str]) -> str | dict[str, str]:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("give the LiteLLM model string, e.g. anthropic/{model}")
+        if isinstance(v, dict) and not v:
+            raise ValueError("the mapping is empty; map each model name to a LiteLLM model string")
+        return v
+
+    @field_validator("litellm_params")
+    @classmethod
+    def _params(cls, v: dict[str, LiteLLMParam]) -> dict[str, LiteLLMParam]:
+        for name in v:
+            problem = param_problem(name)
+            if problem:
+                raise ValueError(problem)
+        return v
+
+    @model_validator(mode="after")
+    def _sdk(self) -> LiteLLMSdkProvider:
+        if self.discovery:
+            raise ValueError("discovery is not available for litellm_sdk providers; list their models")
+        if isinstance(self.litellm_model, dict):
+            unmapped = [m.name for m in self.models if m.name not in self.litellm_model]
+            if unmapped:
+                raise ValueError(f"litellm_model has no entry for {', '.join(unmapped)}")
+        return self
+
+
 Provider = Annotated[
     OllamaProvider
     | LlamaCppProvider
     | VllmProvider
     | OpenAIProvider
     | AnthropicProvider
-    | OpenAICompatibleProvider,
+    | OpenAICompatibleProvider
+    | LiteLLMSdkProvider,
     Field(discriminator="type"),
 ]
-PROVIDER_TYPES = ("ollama", "llamacpp", "vllm", "openai", "anthropic", "openai_compatible")
+PROVIDER_TYPES = ("ollama", "llamacpp", "vllm", "openai", "anthropic", "openai_compatible", "litellm_sdk")
 
 
 class ProvidersFile(Strict):

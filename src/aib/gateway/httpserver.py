@@ -345,7 +345,7 @@ class _Connection(asyncio.Protocol):
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
-        scope = {
+        scope: dict[str, Any] = {
             "type": "http",
             "asgi": _ASGI,
             "http_version": parser.get_http_version(),

@@ -50,9 +50,12 @@ def build_gateway(settings: GatewaySettings, observe: ObserveSettings | None = N
     )
     gateway = create_app(plan, settings, cfg)
     install_observability(gateway, observe or ObserveSettings.from_env())
-    from aib.reload import install_reload  # the layer above the gateway; imported when a server is built
+    # the layers above the gateway, imported when a server is built
+    from aib.engines.sdk_sidecar import install_sdk_adapter
+    from aib.reload import install_reload
 
-    install_reload(gateway, None if cdir == DEFAULTS_DIR else cdir)
+    sdk = install_sdk_adapter(gateway)  # starts nothing until the plan has litellm_sdk providers
+    install_reload(gateway, None if cdir == DEFAULTS_DIR else cdir, targets=[sdk.reload_target])
     return gateway
 
 

@@ -209,7 +209,7 @@ def provider_check(res: ProbeResult) -> Check:
 
 
 def check_providers(plan: RoutingPlan) -> list[Check]:
-    enabled = [p for p in plan.providers.values() if p.enabled]
+    enabled = [p for p in plan.providers.values() if p.enabled and p.sdk is None]  # litellm_sdk: doctor_sdk
     checks = [
         Check(f"provider {p.name}", "skip", "disabled in providers.yaml; not probed")
         for p in plan.providers.values()
@@ -339,7 +339,10 @@ def run_doctor(
     gateway = check_gateway(gateway_url, plan)
     report.checks.extend(check_ports(cfg, gateway_url, ui_port, gateway_answers="health" in gateway.data))
     if plan is not None:
+        from aib.ops.doctor_sdk import sdk_checks
+
         report.checks.extend(check_providers(plan))
+        report.checks.extend(sdk_checks(plan, gateway.data.get("health")))
     else:
         report.checks.append(Check("providers", "skip", "config invalid; not probed"))
     report.checks.append(gateway)

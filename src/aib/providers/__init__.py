@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aib.providers.anthropic import Anthropic
 from aib.providers.base import ProviderKind
+from aib.providers.litellm_sdk import LiteLLMSdk
 from aib.providers.ollama import Ollama
 from aib.providers.openai_compat import LlamaCpp, OpenAI, OpenAICompatible, Vllm
 
 KINDS: dict[str, ProviderKind] = {
-    k.type: k for k in (Ollama(), LlamaCpp(), Vllm(), OpenAI(), Anthropic(), OpenAICompatible())
+    k.type: k for k in (Ollama(), LlamaCpp(), Vllm(), OpenAI(), Anthropic(), OpenAICompatible(), LiteLLMSdk())
 }
 
 
