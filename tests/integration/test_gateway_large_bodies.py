@@ -12,8 +12,8 @@ import httpx
 import orjson
 import pytest
 
-from gateway_harness import Reply, ScriptedUpstream, plan_from_yaml, running_gateway
 from aib.gateway.proxy import FULL_PARSE_MAX
+from gateway_harness import Reply, ScriptedUpstream, plan_from_yaml, running_gateway
 
 pytestmark = pytest.mark.integration
 

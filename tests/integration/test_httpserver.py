@@ -13,7 +13,6 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httptools
 import pytest
 
 from aib.gateway.httpserver import MAX_HEAD_BYTES, ClientDisconnected, HttpServer
@@ -108,57 +107,13 @@ async def serving(app: Any, keepalive_s: float = 5.0) -> AsyncIterator[tuple[Htt
         await server.stop(2.0)
 
 
-class Reply:
-    def __init__(self) -> None:
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.body = b""
-        self.done = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode().lower()] = value.decode()
-
-    def on_body(self, body: bytes) -> None:
-        self.body += body
-
-    def on_message_complete(self) -> None:
-        self.done = True
-
-
-async def read_replies(reader: asyncio.StreamReader, n: int = 1, timeout: float = 5.0) -> list[Reply]:
-    """Parse ``n`` responses from the stream (the connection stays usable)."""
-    replies = [Reply()]
-    parser = httptools.HttpResponseParser(replies[0])
-    done: list[Reply] = []
-
-    async def go() -> None:
-        nonlocal parser
-        while len(done) < n:
-            data = await reader.read(65536)
-            if not data:
-                return
-            for byte_chunk in (data,):
-                parser.feed_data(byte_chunk)
-            while replies[-1].done and len(done) < n:
-                r = replies[-1]
-                r.status = parser.get_status_code()
-                done.append(r)
-                nxt = Reply()
-                replies.append(nxt)
-                parser = httptools.HttpResponseParser(nxt)  # leftovers of pipelined replies are refed
-                break
-
-    await asyncio.wait_for(go(), timeout)
-    return done
-
-
-async def exchange(port: int, raw: bytes, timeout: float = 5.0) -> bytes:
+async def exchange(port: int, raw: bytes, wait_s: float = 5.0) -> bytes:
     """Send raw bytes, read until the server closes the connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(raw)
     await writer.drain()
     try:
-        return await asyncio.wait_for(reader.read(-1), timeout)
+        return await asyncio.wait_for(reader.read(-1), wait_s)
     finally:
         writer.close()
 
@@ -275,7 +230,9 @@ async def test_204_has_no_length_and_connection_close_header_closes() -> None:
     ],
     ids=["garbage", "bad-length", "long-url", "too-many-headers"],
 )
-async def test_malformed_or_oversized_requests_get_an_error_envelope(raw: bytes, status: int, code: bytes) -> None:
+async def test_malformed_or_oversized_requests_get_an_error_envelope(
+    raw: bytes, status: int, code: bytes
+) -> None:
     app = Recorder()
     async with serving(app) as (_, port):
         out = await exchange(port, raw)
@@ -388,7 +345,9 @@ async def test_large_body_pauses_reading_until_the_app_reads() -> None:
     size = 8 * 1024 * 1024
     async with serving(app) as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
+        writer.write(
+            b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size
+        )
         chunk = b"z" * 65536
         for _ in range(size // len(chunk)):
             writer.write(chunk)

@@ -15,7 +15,11 @@ pytestmark = pytest.mark.unit
 def test_usage_is_read_from_a_large_embeddings_answer() -> None:
     usage = {"prompt_tokens": 12, "total_tokens": 12, "prompt_tokens_details": {"cached_tokens": 0}}
     body = orjson.dumps(
-        {"object": "list", "data": [{"embedding": [0.5] * 1536, "index": i} for i in range(20)], "usage": usage}
+        {
+            "object": "list",
+            "data": [{"embedding": [0.5] * 1536, "index": i} for i in range(20)],
+            "usage": usage,
+        }
     )
     assert _skim(body) == {"usage": usage}
 
