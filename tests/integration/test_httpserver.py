@@ -98,8 +98,10 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any, keepalive_s: float = 5.0) -> AsyncIterator[tuple[HttpServer, int]]:
-    server = HttpServer(app, keepalive_s=keepalive_s)
+async def serving(
+    app: Any, keepalive_s: float = 5.0, head_timeout_s: float = 30.0
+) -> AsyncIterator[tuple[HttpServer, int]]:
+    server = HttpServer(app, keepalive_s=keepalive_s, head_timeout_s=head_timeout_s)
     port = await server.start(host="127.0.0.1", port=0)
     try:
         yield server, port
@@ -284,6 +286,17 @@ async def test_idle_keepalive_connections_are_closed() -> None:
         # the sweeper runs every second: the idle connection is closed within ~1.2 s
         assert await asyncio.wait_for(reader.read(-1), 5) == b""
         writer.close()
+
+
+async def test_a_request_head_that_never_completes_gets_408() -> None:
+    app = Recorder()
+    async with serving(app, head_timeout_s=0.5) as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: a\r\nX-Slow: ")  # and then nothing
+        out = await asyncio.wait_for(reader.read(-1), 5)  # the sweeper runs every second
+        writer.close()
+    assert out.startswith(b"HTTP/1.1 408 ") and b'"code":"request_timeout"' in out
+    assert app.scopes == []
 
 
 async def test_stop_lets_a_request_in_flight_finish_and_refuses_new_ones() -> None:

@@ -14,7 +14,8 @@ This server keeps what the gateway needs and nothing else:
 * ``receive()`` returns ``http.disconnect`` once the client has gone or the response is complete,
   and ``send`` raises :class:`ClientDisconnected` (an ``OSError``) after the client left;
 * limits: request line + headers ≤ 64 KiB and ≤ 100 headers (431), malformed requests (400);
-  idle keep-alive connections closed after ``keepalive_s``;
+  idle keep-alive connections closed after ``keepalive_s``; a request whose line and headers are not
+  complete after ``head_timeout_s`` gets 408 and is closed (slow-header clients hold no connection);
 * graceful stop: stop accepting, close idle connections, let requests in flight finish (bounded),
   then the lifespan shutdown.
 
@@ -41,7 +42,8 @@ ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Any
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
-READ_HIGH_WATER = 1024 * 1024  # unread request body bytes before reading pauses
+READ_HIGH_WATER = 1024 * 1024
+SWEEP_EVERY_S = 1.0  # idle and slow-head connections are looked at this often  # unread request body bytes before reading pauses
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _DISCONNECT = {"type": "http.disconnect"}
@@ -238,6 +240,7 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.expect = False
         self.idle_since: float | None = None
+        self.head_since: float | None = None  # a request's head is being received since then
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
 
@@ -249,7 +252,7 @@ class _Connection(asyncio.Protocol):
         sock = transport.get_extra_info("sockname")
         self.client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
         self.local = (sock[0], sock[1]) if isinstance(sock, tuple) else None
-        self.idle_since = self.loop.time()
+        self.idle_since = self.server.clock
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -321,6 +324,7 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.expect = False
         self.idle_since = None
+        self.head_since = self.server.clock
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -338,6 +342,7 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.head_since = None
         parser = self.parser
         url = self.url
         q = url.find(b"?")
@@ -430,14 +435,21 @@ class _Connection(asyncio.Protocol):
         if self.queue:
             self._start(self.queue[0])
         else:
-            self.idle_since = self.loop.time()
+            self.idle_since = self.server.clock
             if self.server.stopping and self.transport is not None:
                 self.transport.close()
 
-    def close_if_idle(self, now: float, idle_s: float) -> None:
+    def sweep(self, now: float, idle_s: float, head_s: float) -> None:
+        """Close an idle keep-alive connection; answer 408 to a request head that takes too long."""
+        if self.transport is None:
+            return
         since = self.idle_since
-        if self.transport is not None and not self.queue and since is not None and now - since >= idle_s:
+        if not self.queue and since is not None and now - since >= idle_s:
             self.transport.close()
+        elif self.head_since is not None and now - self.head_since >= head_s:
+            self._reject(
+                408, f"The request line and headers took longer than {head_s:g}s.", "request_timeout"
+            )
 
 
 class _TooLarge(Exception):
@@ -447,10 +459,12 @@ class _TooLarge(Exception):
 class HttpServer:
     """Serve one ASGI application on one listening socket (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, keepalive_s: float = 5.0) -> None:
+    def __init__(self, app: ASGIApp, keepalive_s: float = 5.0, head_timeout_s: float = 30.0) -> None:
         self.app = app
         self.keepalive_s = keepalive_s
+        self.head_timeout_s = head_timeout_s
         self.loop = asyncio.get_running_loop()
+        self.clock = self.loop.time()  # a coarse clock for the sweeper, updated once a second
         self.connections: set[_Connection] = set()
         self.inflight = 0
         self.stopping = False
@@ -473,10 +487,10 @@ class HttpServer:
         return int(sock.getsockname()[1])
 
     def _sweep(self) -> None:
-        now = self.loop.time()
+        now = self.clock = self.loop.time()
         for conn in list(self.connections):
-            conn.close_if_idle(now, self.keepalive_s)
-        self._sweeper = self.loop.call_later(1.0, self._sweep)
+            conn.sweep(now, self.keepalive_s, self.head_timeout_s)
+        self._sweeper = self.loop.call_later(SWEEP_EVERY_S, self._sweep)
 
     async def stop(self, drain_s: float = 30.0) -> None:
         """Stop accepting, let requests in flight finish (at most ``drain_s``), then shut the app down."""
