@@ -80,6 +80,11 @@ def _status(row: dict[str, Any]) -> str:
     return f"[{style}]{st or '-'}[/{style}]"
 
 
+def _short_id(rid: str) -> str:
+    """The end of a long id: the gateway's ids share a per-process prefix and differ in their last digits."""
+    return rid if len(rid) <= 13 else "…" + rid[-12:]
+
+
 def _requests_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
     """Times in ms; `served by` is provider/upstream, the error code when nothing answered."""
     table = Table(
@@ -103,7 +108,7 @@ def _requests_table(rows: list[dict[str, Any]], title: str | None = None) -> Tab
         tokens = "-" if pt is None and ct is None else f"{pt or 0}+{ct or 0}"
         table.add_row(
             _clock(r["ts"]), _status(r), r["model"] or "-", served, _num(r["total_ms"]),
-            _num(r["ttfb_ms"]) if r["stream"] else "", tokens, r["request_id"][:12],
+            _num(r["ttfb_ms"]) if r["stream"] else "", tokens, _short_id(r["request_id"]),
         )  # fmt: skip
     return table
 
@@ -201,7 +206,10 @@ def _follow(
 def trace(
     ctx: typer.Context,
     request_id: Annotated[
-        str, typer.Argument(help="The x-request-id of the request (or its first 6+ characters).")
+        str,
+        typer.Argument(
+            help="The x-request-id of the request, or 6+ of its first or last characters (as `aib logs` shows)."
+        ),
     ],
     as_json: JsonOpt = False,
 ) -> None:

@@ -122,18 +122,22 @@ class RequestLogReader:
         return [dict(r) for r in self.db.execute(sql, args)]
 
     def trace(self, request_id: str) -> dict[str, Any] | None:
-        """One request (the latest with this id, or a unique id prefix): route decision, attempts, timings."""
+        """One request (the latest with this id, or a unique id prefix or suffix): route, attempts, timings."""
         cols = ", ".join(REQUEST_COLUMNS)
         row = self.db.execute(
             f"SELECT {cols} FROM requests WHERE request_id = ? ORDER BY id DESC LIMIT 1", (request_id,)
         ).fetchone()
-        if row is None and len(request_id) >= 6:
-            rows = self.db.execute(
-                f"SELECT {cols} FROM requests WHERE request_id LIKE ? ESCAPE '\\' ORDER BY id DESC LIMIT 2",
-                (request_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
-            ).fetchall()
-            if len({r["request_id"] for r in rows}) == 1:
-                row = rows[0]
+        part = request_id.strip("…")  # `aib logs` shows long ids as …<last 12 characters>
+        if row is None and len(part) >= 6:
+            like = part.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            for pattern in (like + "%", "%" + like):  # a unique prefix, else a unique suffix
+                rows = self.db.execute(
+                    f"SELECT {cols} FROM requests WHERE request_id LIKE ? ESCAPE '\\' ORDER BY id DESC LIMIT 2",
+                    (pattern,),
+                ).fetchall()
+                if len({r["request_id"] for r in rows}) == 1:
+                    row = rows[0]
+                    break
         if row is None:
             return None
         out = dict(row)
