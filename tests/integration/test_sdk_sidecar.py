@@ -37,6 +37,7 @@ from gateway_harness import (
     wait_until,
     write_config,
 )
+from sdk_support import require_adapter_python
 
 pytestmark = pytest.mark.integration
 
@@ -201,6 +202,7 @@ def test_doctor_without_a_running_gateway_checks_the_install_only(
 def test_after_make_litellm_the_adapter_restarts_on_the_new_python(
     tmp_path: Path, upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    real = require_adapter_python()  # what `make litellm` provides: a Python with LiteLLM
     monkeypatch.setattr(sdk_sidecar, "INSTALL_CHECK_S", 0.2)
     monkeypatch.setenv(PYTHON_ENV, str(tmp_path / "no-venv" / "bin" / "python"))
     cdir = write_config(tmp_path / "cfg", providers(upstream, free_port()), mappings(True))
@@ -213,10 +215,10 @@ def test_after_make_litellm_the_adapter_restarts_on_the_new_python(
         sdk = holder["sdk"]
         (before,) = sdk.procs.values()
         assert not before.python.installed
-        monkeypatch.setenv(PYTHON_ENV, sys.executable)  # what `make litellm` changes: a Python with LiteLLM
+        monkeypatch.setenv(PYTHON_ENV, real)
         wait_until(lambda: any(p.python.installed for p in sdk.procs.values()), 10, 0.05, "the restart")
         (after,) = sdk.procs.values()
-        assert after is not before and after.python.path == sys.executable
+        assert after is not before and after.python.path == real
         wait_until(after.ready.is_set, 20, 0.05, "the new adapter")
         old_pid = before.pid
         assert old_pid is not None

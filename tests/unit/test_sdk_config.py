@@ -78,9 +78,23 @@ def errors_of(provider: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-def installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the adapter's Python look installed (this one; its litellm is not needed for config work)."""
-    monkeypatch.setenv(PYTHON_ENV, sys.executable)
+def installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Make the adapter's Python look installed: a venv-shaped folder whose python is this one and
+    whose site-packages holds a (stand-in) litellm package (its code is not needed for config work)."""
+    venv = tmp_path / "venv-litellm"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    site = venv / "lib" / "python3.11" / "site-packages"
+    (site / "litellm").mkdir(parents=True)
+    (site / "litellm" / "__init__.py").write_text("")
+    (site / "litellm-1.108.7.dist-info").mkdir()
+    monkeypatch.setenv(PYTHON_ENV, str(venv / "bin" / "python"))
+
+
+def test_an_explicit_python_without_litellm_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PYTHON_ENV, sys.executable)  # the gateway's own Python has no litellm
+    found = find_adapter_python()
+    assert not found.installed and found.problem is not None and "has no litellm package" in found.problem
 
 
 # --------------------------------------------------------------------------- schema

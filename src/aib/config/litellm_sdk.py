@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -187,6 +188,15 @@ def litellm_version(python: Path) -> str | None:
     return None
 
 
+def _can_import_litellm(python: Path) -> bool:
+    """Whether ``python`` finds a litellm package (located, not imported: importing takes seconds)."""
+    code = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('litellm') else 1)"
+    try:
+        return subprocess.run([str(python), "-c", code], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def find_adapter_python(
     env: Mapping[str, str] | None = None, roots: list[Path] | None = None
 ) -> AdapterPython:
@@ -198,7 +208,10 @@ def find_adapter_python(
     if explicit:
         path = Path(explicit).expanduser()
         if path.is_file() and os.access(path, os.X_OK):
-            return AdapterPython(str(path), True, f"${PYTHON_ENV}={explicit}", litellm_version(path))
+            version = litellm_version(path)
+            if version is None and not _can_import_litellm(path):
+                return AdapterPython(str(path), False, f"${PYTHON_ENV}={explicit} has no litellm package")
+            return AdapterPython(str(path), True, f"${PYTHON_ENV}={explicit}", version or "?")
         return AdapterPython(sys.executable, False, f"${PYTHON_ENV}={explicit} is not an executable file")
     candidates: list[tuple[Path, str]] = []
     if e.get(BIN_ENV):
