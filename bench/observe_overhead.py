@@ -9,7 +9,8 @@ and the neighbours' load hit all of them alike:
 
     added = p50(gateway) - p50(direct);   extra = added(on) / added(off) - 1      (target <= 10 %)
 
-and, with ``wrk`` installed, req/s at concurrency 32 for a bounded time (CPU cost shows there).
+and, with ``wrk`` installed, req/s at concurrency 32 for a bounded time (CPU cost shows there; the
+CPU figure is the gateway process's own: ``bench/observe_cpu.py`` also measures the writer process).
 
     .venv/bin/python bench/observe_overhead.py            # ~1 minute
     .venv/bin/python bench/observe_overhead.py --quick    # ~20 s

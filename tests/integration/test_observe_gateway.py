@@ -23,10 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aib.gateway.server import build_gateway
 from aib.observe import install_observability
+from aib.observe.client import WriterClient
 from aib.observe.install import Observability
-from aib.observe.logs import ACCESS_LOGGER, JsonFormatter, LineHandler, configure_logging
+from aib.observe.logs import ACCESS_LOGGER, AccessLogObserver, JsonFormatter, LineHandler, configure_logging
 from aib.observe.metrics import MetricsObserver
-from aib.observe.requestlog import RequestLog
 from aib.observe.requestquery import RequestLogReader
 from aib.observe.settings import ObserveSettings
 from gateway_harness import (
@@ -103,12 +103,42 @@ def access_log() -> Iterator[io.StringIO]:
         logger.setLevel(old)
 
 
+class AccessLines:
+    """The JSON access lines of a test, wherever the writer put them: the ``aib.access`` logger's
+    handler (thread writer) or the gateway's stderr (writer process, captured by ``capfd``)."""
+
+    def __init__(self, writer: str, stream: io.StringIO, capfd: pytest.CaptureFixture[str]) -> None:
+        self.writer, self.stream, self.capfd = writer, stream, capfd
+        self.seen = ""
+
+    def text(self) -> str:
+        if self.writer == "process":
+            self.seen += self.capfd.readouterr().err
+            return "".join(line + "\n" for line in self.seen.splitlines() if '"logger":"aib.access"' in line)
+        return self.stream.getvalue()
+
+    def lines(self) -> list[dict[str, object]]:
+        return [orjson.loads(line) for line in self.text().splitlines()]
+
+
+@pytest.fixture(params=["process", "thread"])
+def writer(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def access(writer: str, access_log: io.StringIO, capfd: pytest.CaptureFixture[str]) -> AccessLines:
+    return AccessLines(writer, access_log, capfd)
+
+
 @pytest.fixture
 def observed(
-    tmp_path: Path, up: ScriptedUpstream, access_log: io.StringIO
+    tmp_path: Path, up: ScriptedUpstream, writer: str
 ) -> Iterator[tuple[RunningGateway, Observability]]:
     plan = plan_from_yaml(tmp_path / "config", providers(up, dead_url()), MAPPINGS)
-    settings = ObserveSettings(request_log=tmp_path / "requests.db", flush_interval_s=0.02)
+    settings = ObserveSettings(
+        request_log=tmp_path / "requests.db", flush_interval_s=0.02, writer=writer, log_format="json"
+    )  # type: ignore[arg-type]
     with running_gateway(plan) as rg:
         handle = install_observability(rg.gateway, settings)
         yield rg, handle
@@ -202,7 +232,7 @@ def test_promtool_accepts_the_exposition(observed: tuple[RunningGateway, Observa
 
 
 def test_request_log_and_access_log_describe_each_request(
-    observed: tuple[RunningGateway, Observability], access_log: io.StringIO, tmp_path: Path
+    observed: tuple[RunningGateway, Observability], access: AccessLines, tmp_path: Path
 ) -> None:
     rg, handle = observed
     with httpx.Client(base_url=rg.base_url, timeout=10) as client:
@@ -227,8 +257,7 @@ def test_request_log_and_access_log_describe_each_request(
         assert len(reader.query(limit=100)) == 8
         unknown = reader.trace(r["unknown"].headers["x-request-id"])
         assert unknown is not None and unknown["error_code"] == "model_not_found"
-    lines = [orjson.loads(line) for line in access_log.getvalue().splitlines()]
-    by_id = {line["request_id"]: line for line in lines}
+    by_id = {line["request_id"]: line for line in access.lines()}
     assert set(by_id) >= {
         resp.headers["x-request-id"] for resp in r.values() if "x-request-id" in resp.headers
     }
@@ -236,12 +265,13 @@ def test_request_log_and_access_log_describe_each_request(
     assert by_id[r["stream"].headers["x-request-id"]]["stream"] is True
 
 
-def test_shutdown_flushes_the_request_log(tmp_path: Path, up: ScriptedUpstream) -> None:
+def test_shutdown_flushes_the_request_log(tmp_path: Path, up: ScriptedUpstream, writer: str) -> None:
     plan = plan_from_yaml(tmp_path / "config", providers(up, dead_url()), MAPPINGS)
     db = tmp_path / "requests.db"
     with running_gateway(plan) as rg:
         handle = install_observability(
-            rg.gateway, ObserveSettings(request_log=db, flush_interval_s=30, access_log=False)
+            rg.gateway,
+            ObserveSettings(request_log=db, flush_interval_s=30, access_log=False, writer=writer),  # type: ignore[arg-type]
         )
         with httpx.Client(base_url=rg.base_url, timeout=10) as client:
             for _ in range(15):
@@ -256,14 +286,15 @@ def test_shutdown_flushes_the_request_log(tmp_path: Path, up: ScriptedUpstream) 
 
 
 def test_a_locked_request_log_never_fails_a_request(
-    tmp_path: Path, up: ScriptedUpstream, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, up: ScriptedUpstream, caplog: pytest.LogCaptureFixture, writer: str
 ) -> None:
     caplog.set_level(logging.WARNING, "aib.requestlog")
     plan = plan_from_yaml(tmp_path / "config", providers(up, dead_url()), MAPPINGS)
     db = tmp_path / "requests.db"
     with running_gateway(plan) as rg, httpx.Client(base_url=rg.base_url, timeout=10) as client:
         handle = install_observability(
-            rg.gateway, ObserveSettings(request_log=db, flush_interval_s=0.02, access_log=False)
+            rg.gateway,
+            ObserveSettings(request_log=db, flush_interval_s=0.02, access_log=False, writer=writer),  # type: ignore[arg-type]
         )
         assert client.post("/v1/chat/completions", json={"model": "m1", "messages": CHAT}).status_code == 200
         assert handle.request_log is not None and handle.request_log.flush()
@@ -286,7 +317,7 @@ def test_a_locked_request_log_never_fails_a_request(
 
 
 def test_keys_never_reach_logs_metrics_or_the_request_log(
-    tmp_path: Path, up: ScriptedUpstream, access_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, up: ScriptedUpstream, access: AccessLines, monkeypatch: pytest.MonkeyPatch, writer: str
 ) -> None:
     key = "sk-live-" + secrets.token_hex(16)
     admin = "adm-" + secrets.token_hex(12)
@@ -301,7 +332,14 @@ def test_keys_never_reach_logs_metrics_or_the_request_log(
     try:
         with running_gateway(plan, gateway_settings(admin_key_env=ADMIN_ENV)) as rg:
             handle = install_observability(
-                rg.gateway, ObserveSettings(request_log=db, flush_interval_s=0.02, log_bodies=True)
+                rg.gateway,
+                ObserveSettings(
+                    request_log=db,
+                    flush_interval_s=0.02,
+                    log_bodies=True,
+                    writer=writer,
+                    log_format="json",  # type: ignore[arg-type]
+                ),
             )
             # upstreams that echo the key back in their errors (as real APIs do)
             up.enqueue(
@@ -332,7 +370,7 @@ def test_keys_never_reach_logs_metrics_or_the_request_log(
                 root.removeHandler(h)
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
-    logs = access_log.getvalue() + root_out.getvalue()
+    logs = access.text() + access.capfd.readouterr().err + root_out.getvalue()
     assert "Incorrect API key provided" in dump and "***" in dump  # the errors are there, redacted
     assert '"status":401' in logs
     for where, text in (("request log", dump), ("logs", logs), ("metrics", metrics)):
@@ -340,14 +378,16 @@ def test_keys_never_reach_logs_metrics_or_the_request_log(
         assert admin not in text, f"the admin key leaked into the {where}"
 
 
-def test_bodies_are_stored_only_when_enabled(tmp_path: Path, up: ScriptedUpstream) -> None:
+def test_bodies_are_stored_only_when_enabled(tmp_path: Path, up: ScriptedUpstream, writer: str) -> None:
     plan = plan_from_yaml(tmp_path / "config", providers(up, dead_url()), MAPPINGS)
     for enabled in (False, True):
         db = tmp_path / f"bodies-{enabled}.db"
         with running_gateway(plan) as rg:
             install_observability(
                 rg.gateway,
-                ObserveSettings(request_log=db, log_bodies=enabled, access_log=False, metrics=False),
+                ObserveSettings(
+                    request_log=db, log_bodies=enabled, access_log=False, metrics=False, writer=writer
+                ),  # type: ignore[arg-type]
             )
             assert rg.gateway.keep_bodies is enabled
             with httpx.Client(base_url=rg.base_url, timeout=10) as client:
@@ -384,10 +424,12 @@ def test_build_gateway_installs_and_shutdown_closes(tmp_path: Path, up: Scripted
     db = tmp_path / "requests.db"
     gw = build_gateway(gateway_settings(config_dir=cdir), ObserveSettings(request_log=db))
     kinds = {type(o) for o in gw.observers}
-    assert MetricsObserver in kinds and RequestLog in kinds
+    assert kinds == {WriterClient}  # the default: one observer batches; metrics count its batches
+    assert gw.on_startup  # which starts with the gateway
     assert "/metrics" in gw._routes and gw.on_shutdown and gw.on_reload
     gw.on_reload[0]("failure")  # what a reload reports
-    metrics = next(o for o in gw.observers if isinstance(o, MetricsObserver))
+    metrics = next(o for o in gw.observers if isinstance(o, WriterClient)).metrics
+    assert isinstance(metrics, MetricsObserver)
     assert metrics.registry.get_sample_value("aib_config_reloads_total", {"result": "failure"}) == 1
     calls: list[str] = []
 
@@ -400,8 +442,8 @@ def test_build_gateway_installs_and_shutdown_closes(tmp_path: Path, up: Scripted
     gw.on_shutdown.extend([async_hook, broken_hook, lambda: calls.append("sync")])
     asyncio.run(gw.shutdown())
     assert calls == ["async", "sync"]  # a failing hook does not stop the others
-    log = next(o for o in gw.observers if isinstance(o, RequestLog))
-    assert log._thread is None
+    writer = next(o for o in gw.observers if isinstance(o, WriterClient))
+    assert writer.closed and writer.pid is None
 
 
 def test_build_gateway_reads_the_environment(
@@ -410,7 +452,8 @@ def test_build_gateway_reads_the_environment(
     cdir = write_config(tmp_path / "config", providers(up, dead_url()), MAPPINGS)
     monkeypatch.setenv("AIB_REQUEST_LOG", "off")
     monkeypatch.setenv("AIB_METRICS", "off")
+    monkeypatch.setenv("AIB_OBSERVE_WRITER", "thread")
     gw = build_gateway(gateway_settings(config_dir=cdir))
     assert "/metrics" not in gw._routes
-    assert not any(isinstance(o, RequestLog) for o in gw.observers)
+    assert [type(o) for o in gw.observers] == [AccessLogObserver]  # access lines only, from a thread
     asyncio.run(gw.shutdown())

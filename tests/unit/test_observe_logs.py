@@ -263,6 +263,16 @@ def test_settings_from_env() -> None:
     assert ObserveSettings.from_env({}, queue_size=5).queue_size == 5
     with pytest.raises(ValueError, match="AIB_LOG_FORMAT"):
         ObserveSettings.from_env({"AIB_LOG_FORMAT": "xml"})
+    assert (
+        s.writer == "process"
+        and ObserveSettings.from_env({"AIB_OBSERVE_WRITER": " Thread"}).writer == "thread"
+    )
+    with pytest.raises(ValueError, match="AIB_OBSERVE_WRITER='fork': use 'process' or 'thread'"):
+        ObserveSettings.from_env({"AIB_OBSERVE_WRITER": "fork"})
+    with pytest.raises(ValueError, match="AIB_REQUEST_LOG_MAX_ROWS='many': not a whole number"):
+        ObserveSettings.from_env({"AIB_REQUEST_LOG_MAX_ROWS": "many"})
+    with pytest.raises(ValueError, match="AIB_REQUEST_LOG_RETENTION_DAYS='-1': use a number > 0"):
+        ObserveSettings.from_env({"AIB_REQUEST_LOG_RETENTION_DAYS": "-1"})
 
 
 def test_install_observability_on_a_duck_typed_gateway(tmp_path: Path, access_stream: io.StringIO) -> None:
@@ -276,7 +286,7 @@ def test_install_observability_on_a_duck_typed_gateway(tmp_path: Path, access_st
     old = root.level
     root.setLevel(logging.WARNING)  # `aib serve --log-level warning`
     try:
-        handle = install_observability(gw, ObserveSettings(request_log=None))
+        handle = install_observability(gw, ObserveSettings(request_log=None, writer="thread"))
         assert [type(o).__name__ for o in gw.observers] == ["MetricsObserver", "AccessLogObserver"]
         assert ("/metrics", "GET") in gw.routes and gw.on_shutdown == [handle.close]
         assert gw.keep_bodies is False
@@ -292,6 +302,44 @@ def test_install_observability_on_a_duck_typed_gateway(tmp_path: Path, access_st
     quiet = install_observability(off, ObserveSettings(request_log=None, metrics=False, access_log=False))
     assert off.observers == [] and off.routes == {}
     quiet.reload_done("success")  # no metrics: nothing to count, no error
+
+
+def test_install_observability_uses_the_writer_process_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aib.observe import install_observability
+    from aib.observe.client import WriterClient
+    from observe_support import FakeGateway, small_plan
+
+    gw = FakeGateway(small_plan(tmp_path))
+    gw.on_startup = []  # type: ignore[attr-defined]
+    monkeypatch.setenv("AIB_TEST_VLLM_KEY", "vllm-key-123456")
+    handle = install_observability(gw, ObserveSettings(request_log=tmp_path / "r.db", log_format="json"))
+    writer = handle.writer
+    assert isinstance(writer, WriterClient) and handle.access is writer and handle.request_log is writer
+    assert gw.observers == [writer] and gw.on_startup == [writer.start]  # type: ignore[attr-defined]
+    assert handle.metrics is not None and handle.metrics.before_collect == [writer.fold_metrics]
+    assert writer.config["log_format"] == "json" and writer.config["access_level"] == logging.INFO
+    assert writer.config["request_log"] == str(tmp_path / "r.db")
+    assert tuple(writer._secrets()) == ("vllm-key-123456",)  # what the writer redacts
+    assert handle.metrics is not None and handle.metrics._drop_sources == [writer.drops]
+    handle.close()  # never started: nothing to stop
+    assert writer.closed and handle.request_log is None
+    logs_only = FakeGateway(small_plan(tmp_path / "b"))
+    h2 = install_observability(logs_only, ObserveSettings(request_log=None, metrics=False))
+    assert h2.writer is not None and h2.request_log is None and h2.writer.config["request_log"] is None
+    h2.close()
+    metrics_only = FakeGateway(small_plan(tmp_path / "c"))
+    metrics_only.on_startup = []  # type: ignore[attr-defined]
+    h3 = install_observability(metrics_only, ObserveSettings(request_log=None, access_log=False))
+    assert h3.writer is not None and not h3.writer.ship and h3.access is None and h3.request_log is None
+    assert metrics_only.on_startup == []  # type: ignore[attr-defined]  # no writer process to start
+    h3.writer.request_done(make_record())  # no event loop: counted at once
+    h3.writer.request_done(make_record())
+    assert h3.writer.pid is None and h3.metrics is not None
+    labels = {"route": "llama3", "provider": "ollama", "endpoint": "chat/completions", "status": "200"}
+    assert h3.metrics.registry.get_sample_value("aib_requests_total", labels) == 2
+    h3.close()
 
 
 def test_a_failing_line_never_stops_the_access_log_thread(
@@ -314,3 +362,15 @@ def test_lazy_names_of_the_package() -> None:
     assert aib.observe.ObserveSettings is ObserveSettings
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         _ = aib.observe.nothing
+
+
+def test_serve_says_which_variable_is_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from aib.cli.main import app
+
+    monkeypatch.setenv("AIB_OBSERVE_WRITER", "fork")
+    result = CliRunner().invoke(app, ["serve", "--port", "1"])
+    assert result.exit_code == 2
+    assert "AIB_OBSERVE_WRITER='fork': use 'process' or 'thread'" in result.output
+    assert "Traceback" not in result.output

@@ -183,7 +183,7 @@ def test_labels_stay_bounded_whatever_names_clients_send(obs: MetricsObserver, g
     assert routes == {"pattern:ollama/*", "unknown"}
     total_series = sum(len(f.samples) for f in fams.values())
     assert total_series < 120, total_series
-    assert len(obs._children) == 2
+    assert len(obs._requests) == 2
 
 
 def test_status_labels(obs: MetricsObserver) -> None:
@@ -319,3 +319,137 @@ def test_route_cache_is_bounded(
         )
         == 25
     )
+
+
+def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserver, gw: FakeGateway) -> None:
+    """The plain counters give exactly what ``Counter``/``Histogram`` objects with the same names, help,
+    labels and buckets give (the implementation this replaced), ``*_created`` aside."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from aib.observe import metrics as m
+
+    fallback = [
+        Attempt("vllm/big", "vllm", "big", "big", None, "cannot connect", None, 0.001, False),
+        Attempt("ollama/llama3", "ollama", "llama3", "llama3", 200, None, 0.1, 0.2, True),
+    ]
+    records = [
+        make_record(total_s=0.004, upstream_s=0.0039),
+        make_record(stream=True, ttfb_s=0.02, total_s=7.0, upstream_s=6.9, completion_tokens=None),
+        make_record("big", route="big", attempts=fallback, total_s=300.5),
+        make_record("nope", route=None, matched_by=None, provider=None, status=404, prompt_tokens=None,
+                    completion_tokens=None),
+        make_record(status=0, client_disconnected=True, total_s=0.5, upstream_s=0.7),
+        make_record("ollama/x", route="ollama/x", matched_by="pattern", rule="pattern #1 'ollama/*' -> ollama as 'x'"),
+    ]  # fmt: skip
+    ref = CollectorRegistry()
+    rp = ("route", "provider")
+    req = Counter(
+        "aib_requests",
+        "Requests answered, by route, provider, endpoint and HTTP status sent.",
+        ("route", "provider", "endpoint", "status"),
+        registry=ref,
+    )
+    dur = Histogram(
+        "aib_request_duration_seconds",
+        "Time from request received to response finished.",
+        rp,
+        buckets=m.DURATION_BUCKETS,
+        registry=ref,
+    )
+    ttft = Histogram(
+        "aib_time_to_first_token_seconds",
+        "Streams: time from request received to the first byte sent.",
+        rp,
+        buckets=m.TTFT_BUCKETS,
+        registry=ref,
+    )
+    over = Histogram(
+        "aib_gateway_overhead_seconds",
+        "Time the gateway added: total minus time spent waiting on upstreams.",
+        buckets=m.OVERHEAD_BUCKETS,
+        registry=ref,
+    )
+    pt = Counter("aib_prompt_tokens", "Prompt tokens reported by upstreams.", rp, registry=ref)
+    ct = Counter("aib_completion_tokens", "Completion tokens reported by upstreams.", rp, registry=ref)
+    fb = Counter(
+        "aib_fallbacks",
+        "Requests served by a fallback (or failed after trying more than one).",
+        ("route",),
+        registry=ref,
+    )
+    att = Counter(
+        "aib_upstream_attempts",
+        "Upstream attempts by provider and outcome.",
+        ("provider", "outcome"),
+        registry=ref,
+    )
+    rel = Counter("aib_config_reloads", "Configuration reloads by result.", ("result",), registry=ref)
+    for res in m.RELOAD_RESULTS:
+        rel.labels(res)
+    rel.labels("success").inc()
+    for r in records:
+        obs.request_done(r)
+        route = route_label(r, gw.plan.groups, gw.plan.patterns)
+        provider = r.provider or "none"
+        req.labels(route, provider, r.endpoint, status_label(r)).inc()
+        dur.labels(route, provider).observe(r.total_s)
+        over.observe(r.overhead_s)
+        if r.stream and r.ttfb_s is not None:
+            ttft.labels(route, provider).observe(r.ttfb_s)
+        if r.prompt_tokens or r.completion_tokens:
+            pt.labels(route, provider).inc(r.prompt_tokens or 0)
+            ct.labels(route, provider).inc(r.completion_tokens or 0)
+        for a in r.attempts:
+            att.labels(a.provider, attempt_outcome(a)).inc()
+        if len(r.attempts) > 1 or (r.attempts and r.attempts[-1].route != r.route):
+            fb.labels(route).inc()
+    obs.reload_done("success")
+
+    def exposed(text: str) -> dict[str, Any]:
+        out = {}
+        for f in text_string_to_metric_families(text):
+            if f.name.startswith("aib_") and not f.name.endswith("_created") and f.name not in {"aib_inflight_requests", "aib_provider_up",
+                                                           "aib_provider_probe_latency_seconds",
+                                                           "aib_breaker_state", "aib_config_info"}:  # fmt: skip
+                samples = sorted(
+                    (s.name, tuple(sorted(s.labels.items())), round(s.value, 9))
+                    for s in f.samples
+                    if not s.name.endswith("_created")
+                )
+                out[f.name] = (f.type, f.documentation, samples)
+        return out
+
+    from prometheus_client import generate_latest
+
+    mine, theirs = exposed(obs.render()[0].decode()), exposed(generate_latest(ref).decode())
+    assert set(mine) == set(theirs) and len(mine) == 9
+    for name in theirs:
+        assert mine[name] == theirs[name], name
+    text = obs.render()[0].decode()
+    assert 'aib_request_duration_seconds_bucket{le="300.0",provider="ollama",route="big"} 0.0' in text
+    assert 'aib_request_duration_seconds_bucket{le="+Inf",provider="ollama",route="big"} 1.0' in text
+
+
+def test_batched_counting_survives_a_bug(
+    obs: MetricsObserver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer client counts batches; a batch metrics cannot count is logged once, never retried."""
+    from aib.observe.client import WriterClient
+
+    client = WriterClient({"access": False, "request_log": None}, metrics=obs)  # metrics only: no process
+    assert not client.ship and obs.before_collect == [client.fold_metrics]
+    client.request_done(make_record())  # no event loop: counted at once
+    assert value(obs, "aib_requests_total", route="llama3", provider="ollama", endpoint="chat/completions",
+                 status="200") == 1  # fmt: skip
+
+    def broken(batch: object) -> None:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(obs, "fold", broken)
+    client.request_done(make_record())
+    client.request_done(make_record())
+    assert client._batch == [] and client.drops() == ({"queue_full": 0, "writer_down": 0}, 0)
+    errors = [r for r in caplog.records if r.name == "aib.observe"]
+    assert len(errors) == 1 and "could not count" in errors[0].getMessage()
+    client.close()
+    assert client.pid is None

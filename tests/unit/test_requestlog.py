@@ -16,6 +16,7 @@ from aib.observe.logs import Redactor
 from aib.observe.records import Attempt, RequestRecord
 from aib.observe.requestlog import RequestLog, connect, drop_reason
 from aib.observe.requestquery import RequestLogMissing, RequestLogReader, parse_since, percentile
+from aib.observe.wire import to_wire
 from observe_support import make_record
 
 pytestmark = pytest.mark.unit
@@ -155,9 +156,9 @@ def test_entries_are_written_in_batches(db_path: Path) -> None:
 
 
 def test_many_rows_go_in_several_statements(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from aib.observe import requestlog
+    from aib.observe import store
 
-    monkeypatch.setattr(requestlog, "ROWS_PER_INSERT", 2)
+    monkeypatch.setattr(store, "ROWS_PER_INSERT", 2)
     rlog = RequestLog(db_path, flush_interval_s=0.02)
     for _ in range(7):
         rlog.request_done(make_record())
@@ -175,17 +176,22 @@ def test_odd_text_is_stored_and_a_bad_record_never_stops_the_writer(
     rlog = RequestLog(db_path, flush_interval_s=0.01).start()
     rlog.request_done(make_record(status=502, error="upstream sent \udcff bytes"))  # a lone surrogate
     assert rlog.flush()
-    bad = make_record()
-    bad.plan_version = object()  # type: ignore[assignment]  # SQLite cannot store this
+    bad = make_record(request_id="bad", model="odd \udcff model")  # SQLite cannot bind this text...
+    bad.plan_version = object()  # type: ignore[assignment]  # ...nor this: stored as text, not lost
+    bad.prompt_tokens = 2**70  # too big for a SQLite integer: stored as a number anyway
     rlog.request_done(bad)
     assert rlog.flush()
     rlog.request_done(make_record(request_id="after"))
     assert rlog.flush()
     rlog.close()
-    assert rlog.drops()[0]["error"] == 1
+    assert rlog.dropped_total == 0 and rlog.written == 3
     assert rows(db_path, "SELECT error FROM requests WHERE status = 502") == [("upstream sent ? bytes",)]
+    [(model, version, tokens)] = rows(
+        db_path, "SELECT model, plan_version, prompt_tokens FROM requests WHERE request_id = 'bad'"
+    )
+    assert model == "odd ? model" and version.startswith("<object object") and tokens == float(2**70)
     assert rows(db_path, "SELECT count(*) FROM requests WHERE request_id = 'after'") == [(1,)]
-    assert len(warnings_of(caplog)) == 1
+    assert warnings_of(caplog) == []
 
 
 def test_close_writes_what_is_queued(db_path: Path) -> None:
@@ -522,12 +528,12 @@ def test_a_file_that_is_not_a_database_is_dropped_and_reported(
 def test_a_database_that_turns_read_only_is_reopened_later(db_path: Path) -> None:
     write_all(db_path, [make_record()])
     rlog = RequestLog(db_path, reopen_after_s=60)
-    rlog._db = sqlite3.connect(
+    rlog.store._db = sqlite3.connect(
         f"file:{db_path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
     )
-    rlog._write([make_record()])
+    rlog.store.write([to_wire(make_record())])
     assert rlog.drops()[0]["unwritable"] == 1
-    assert rlog._db is None and rlog._open() is None  # waits before trying again
+    assert rlog.store._db is None and rlog.store.open() is None  # waits before trying again
     rlog.close()
 
 

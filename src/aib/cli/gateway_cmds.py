@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from aib.cli.common import ConfigDirOpt, GatewayOpt, JsonOpt, config_errors, console, fail, print_json
+from aib.cli.common import (
+    EXIT_BAD_INPUT,
+    ConfigDirOpt,
+    GatewayOpt,
+    JsonOpt,
+    config_errors,
+    console,
+    fail,
+    print_json,
+)
 
 
 class Engine(StrEnum):
@@ -57,7 +66,12 @@ def serve(
     from aib.gateway.server import choose_config_dir
     from aib.gateway.server import serve as run
     from aib.gateway.settings import GatewaySettings
+    from aib.observe.settings import ObserveSettings
 
+    try:
+        ObserveSettings.from_env()  # a bad AIB_* variable: one clear line, not a traceback
+    except ValueError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = GatewaySettings(
         host=host,

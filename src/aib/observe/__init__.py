@@ -1,9 +1,12 @@
 """Observability: Prometheus metrics, access logs and the SQLite request log.
 
-``install_observability(gateway, ObserveSettings.from_env())`` creates the three observers, adds them
-to ``gateway.observers``, serves ``GET /metrics`` and returns a handle; ``handle.close()`` flushes the
-request log (the gateway calls it on shutdown through ``gateway.on_shutdown``). The gateway is taken
-duck-typed: this package never imports ``aib.gateway``.
+``install_observability(gateway, ObserveSettings.from_env())`` adds the observers to
+``gateway.observers``, serves ``GET /metrics`` and returns a handle; ``handle.close()`` writes what is
+queued (the gateway calls it on shutdown through ``gateway.on_shutdown``). By default one observer
+(:class:`aib.observe.client.WriterClient`) batches the requests, counts them in the metrics and hands
+them to a writer process (:mod:`aib.observe.writer`) that writes the access lines and the request-log
+rows, so that the gateway's CPU goes to requests. The gateway is taken duck-typed: this package never
+imports ``aib.gateway``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from aib.observe.client import WriterClient
     from aib.observe.install import Observability, install_observability
     from aib.observe.logs import AccessLogObserver, Redactor, configure_logging
     from aib.observe.metrics import MetricsObserver
@@ -32,6 +36,7 @@ _LAZY = {
     "RequestRecord": "records",
     "RequestLog": "requestlog",
     "ObserveSettings": "settings",
+    "WriterClient": "client",
 }
 
 
@@ -52,6 +57,7 @@ __all__ = [
     "Redactor",
     "RequestLog",
     "RequestRecord",
+    "WriterClient",
     "configure_logging",
     "install_observability",
 ]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from aib.observe.client import WriterClient
 from aib.observe.logs import ACCESS_LOGGER, AccessLogObserver, Redactor
 from aib.observe.metrics import MetricsObserver
 from aib.observe.requestlog import RequestLog
@@ -36,13 +38,19 @@ class GatewaySecrets:
 
 @dataclass
 class Observability:
-    """What :func:`install_observability` built; ``close()`` once at shutdown."""
+    """What :func:`install_observability` built; ``close()`` once at shutdown.
+
+    With the writer process (the default), ``writer`` is the one observer of the gateway: it batches
+    requests, folds them into ``metrics`` and feeds the writer; ``access`` / ``request_log`` are that
+    same client when those logs are on (``flush()``, ``close()``, ``drops()``, ``written``).
+    """
 
     settings: ObserveSettings
     redactor: Redactor
     metrics: MetricsObserver | None = None
-    access: AccessLogObserver | None = None
-    request_log: RequestLog | None = None
+    access: AccessLogObserver | WriterClient | None = None
+    request_log: RequestLog | WriterClient | None = None
+    writer: WriterClient | None = None
 
     def reload_done(self, result: str) -> None:
         """Count a configuration reload (``success`` or ``failure``) in ``aib_config_reloads_total``."""
@@ -50,28 +58,93 @@ class Observability:
             self.metrics.reload_done(result)
 
     def close(self) -> None:
-        """Write what is queued (access lines, request-log rows) and stop the background threads."""
-        if self.access is not None:
-            self.access.close()
-        if self.request_log is not None:
-            self.request_log.close()
-            self.request_log = None
+        """Write what is queued (access lines, request-log rows) and stop the writer (process or threads)."""
+        for part in (self.writer, self.access, self.request_log):
+            if part is not None:
+                part.close()
+        self.request_log = None
 
 
 def install_observability(gateway: Any, settings: ObserveSettings | None = None) -> Observability:
     """Attach metrics, the access log and the request log to ``gateway``; serve ``/metrics``."""
     settings = settings or ObserveSettings.from_env()
-    redactor = Redactor(GatewaySecrets(gateway))
+    secrets = GatewaySecrets(gateway)
+    redactor = Redactor(secrets)
     handle = Observability(settings, redactor)
     if settings.metrics:
         handle.metrics = MetricsObserver(gateway)
-        gateway.observers.append(handle.metrics)
         gateway.add_route("/metrics", "GET", handle.metrics.asgi)
+    access_logger = logging.getLogger(ACCESS_LOGGER)
+    if settings.access_log and access_logger.level == logging.NOTSET:
+        access_logger.setLevel(logging.INFO)  # AIB_ACCESS_LOG decides, not the general log level
+    if settings.writer == "process" and sys.executable:
+        if settings.metrics or settings.access_log or settings.request_log is not None:
+            _install_writer(gateway, settings, handle, secrets, access_logger.getEffectiveLevel())
+    else:
+        if handle.metrics is not None:
+            gateway.observers.append(handle.metrics)
+        _install_threads(gateway, settings, handle, access_logger)
+    if handle.metrics is not None and handle.request_log is not None:
+        handle.metrics.add_drop_source(handle.request_log.drops)
+    if hasattr(gateway, "keep_bodies"):
+        gateway.keep_bodies = settings.log_bodies and settings.request_log is not None
+    hooks = getattr(gateway, "on_shutdown", None)
+    if hooks is not None:
+        hooks.append(handle.close)
+    reload_hooks = getattr(gateway, "on_reload", None)
+    if reload_hooks is not None:
+        reload_hooks.append(handle.reload_done)
+    return handle
+
+
+def _install_writer(
+    gateway: Any, settings: ObserveSettings, handle: Observability, secrets: GatewaySecrets, access_level: int
+) -> None:
+    """The default: one observer batches every request; metrics count the batch, the writer process
+    writes the access lines and the request-log rows."""
+    writer = handle.writer = _writer_client(settings, secrets, access_level, handle.metrics)
+    gateway.observers.append(writer)
     if settings.access_log:
-        access_logger = logging.getLogger(ACCESS_LOGGER)
-        if access_logger.level == logging.NOTSET:  # AIB_ACCESS_LOG decides, not the general log level
-            access_logger.setLevel(logging.INFO)
-        handle.access = AccessLogObserver(redactor, access_logger, background=True)
+        handle.access = writer
+    if settings.request_log is not None:
+        handle.request_log = writer
+    startup = getattr(gateway, "on_startup", None)
+    if startup is not None and writer.ship:
+        startup.append(writer.start)
+
+
+def _writer_client(
+    settings: ObserveSettings, secrets: GatewaySecrets, access_level: int, metrics: MetricsObserver | None
+) -> WriterClient:
+    config = {
+        "access": settings.access_log,
+        "log_format": settings.log_format,
+        "access_level": access_level,
+        "request_log": str(settings.request_log) if settings.request_log is not None else None,
+        "retention_days": settings.retention_days,
+        "retention_rows": settings.retention_rows,
+        "retention_interval_s": settings.retention_interval_s,
+        "batch_size": settings.batch_size,
+        "log_bodies": settings.log_bodies,
+        "max_db_mb": settings.max_db_mb,
+    }
+    return WriterClient(
+        config,
+        metrics=metrics,
+        secrets=secrets,
+        queue_size=settings.queue_size,
+        flush_interval_s=settings.flush_interval_s,
+    )
+
+
+def _install_threads(
+    gateway: Any, settings: ObserveSettings, handle: Observability, access_logger: logging.Logger
+) -> None:
+    """``AIB_OBSERVE_WRITER=thread``: both logs written by threads of the gateway process."""
+    if settings.access_log:
+        handle.access = AccessLogObserver(
+            handle.redactor, access_logger, background=True, interval_s=settings.flush_interval_s
+        )
         gateway.observers.append(handle.access)
     if settings.request_log is not None:
         handle.request_log = RequestLog(
@@ -84,18 +157,7 @@ def install_observability(gateway: Any, settings: ObserveSettings | None = None)
             flush_interval_s=settings.flush_interval_s,
             log_bodies=settings.log_bodies,
             max_db_mb=settings.max_db_mb,
-            redact=redactor,
-            redact_bytes=redactor.bytes,
+            redact=handle.redactor,
+            redact_bytes=handle.redactor.bytes,
         ).start()
         gateway.observers.append(handle.request_log)
-        if handle.metrics is not None:
-            handle.metrics.add_drop_source(handle.request_log.drops)
-    if hasattr(gateway, "keep_bodies"):
-        gateway.keep_bodies = settings.log_bodies and settings.request_log is not None
-    hooks = getattr(gateway, "on_shutdown", None)
-    if hooks is not None:
-        hooks.append(handle.close)
-    reload_hooks = getattr(gateway, "on_reload", None)
-    if reload_hooks is not None:
-        reload_hooks.append(handle.reload_done)
-    return handle

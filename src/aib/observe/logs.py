@@ -19,6 +19,14 @@ from typing import IO, Any
 import orjson
 
 from aib.observe.records import RequestRecord
+from aib.observe.wire import (
+    A_OK,
+    STARTED_AT,
+    STATUS,
+    TOTAL_S,
+    Wire,
+    to_wire,
+)
 
 ACCESS_LOGGER = "aib.access"
 HUMAN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -53,54 +61,79 @@ class Redactor:
         return data
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000.0, 3)
+def wire_fields(w: Wire, redact: Callable[[str | None], str | None]) -> dict[str, Any]:
+    """The fields of one access line (the same names as the request log's columns).
+
+    Milliseconds to the microsecond are ``int(s * 1e6 + 0.5) / 1000``: for durations (never negative)
+    the same value as ``round(s * 1000, 3)``, at a quarter of the cost (``round`` goes through text)."""
+    (
+        rid, endpoint, model, _, stream, route, matched_by, _, provider, upstream, status, err, code, ttfb,
+        total, ups, pt, ct, gone, _, atts, _, _,
+    ) = w  # fmt: skip
+    if not atts:
+        failed = 0
+    elif len(atts) == 1:
+        failed = 0 if atts[0][A_OK] else 1
+    else:
+        failed = sum(1 for a in atts if not a[A_OK])
+    return {
+        "event": "request",
+        "request_id": rid,
+        "endpoint": endpoint,
+        "model": model,
+        "route": route,
+        "matched_by": matched_by,
+        "provider": provider,
+        "upstream": upstream,
+        "status": status,
+        "stream": stream,
+        "ttfb_ms": None if ttfb is None else int(ttfb * 1e6 + 0.5) / 1000.0,
+        "total_ms": int(total * 1e6 + 0.5) / 1000.0,
+        "upstream_ms": int(ups * 1e6 + 0.5) / 1000.0,
+        "overhead_ms": int((total - ups) * 1e6 + 0.5) / 1000.0 if total > ups else 0.0,
+        "prompt_tokens": pt,
+        "completion_tokens": ct,
+        "attempts": len(atts),
+        "fallbacks": failed,
+        "error": redact(err) if err else None,
+        "error_code": code,
+        "client_disconnected": gone,
+    }
 
 
 def access_fields(record: RequestRecord, redact: Callable[[str | None], str | None]) -> dict[str, Any]:
-    """The fields of one access line (the same names as the request log's columns)."""
-    return {
-        "event": "request",
-        "request_id": record.request_id,
-        "endpoint": record.endpoint,
-        "model": record.model,
-        "route": record.route,
-        "matched_by": record.matched_by,
-        "provider": record.provider,
-        "upstream": record.upstream,
-        "status": record.status,
-        "stream": record.stream,
-        "ttfb_ms": _ms(record.ttfb_s),
-        "total_ms": _ms(record.total_s),
-        "upstream_ms": _ms(record.upstream_s),
-        "overhead_ms": _ms(record.overhead_s),
-        "prompt_tokens": record.prompt_tokens,
-        "completion_tokens": record.completion_tokens,
-        "attempts": len(record.attempts),
-        "fallbacks": record.fallbacks,
-        "error": redact(record.error) if record.error else None,
-        "error_code": record.error_code,
-        "client_disconnected": record.client_disconnected,
-    }
+    """:func:`wire_fields` of a record."""
+    return wire_fields(to_wire(record), redact)
 
 
 def human_line(f: dict[str, Any]) -> str:
     """``200 chat/completions smollm2 -> local:llama-1/smollm2 41.2ms ttfb=12.0ms tokens=12+30 rid=...``"""
-    where = f"{f['route']}:{f['provider']}/{f['upstream']}" if f["provider"] else (f["route"] or "unresolved")
-    parts = [str(f["status"] or "-"), f["endpoint"], repr(f["model"]) if f["model"] else "-", "->", where]
-    parts.append(f"{f['total_ms']:.1f}ms")
-    if f["stream"] and f["ttfb_ms"] is not None:
-        parts.append(f"ttfb={f['ttfb_ms']:.1f}ms")
-    if f["prompt_tokens"] is not None or f["completion_tokens"] is not None:
-        parts.append(f"tokens={f['prompt_tokens'] or 0}+{f['completion_tokens'] or 0}")
-    if f["fallbacks"]:
-        parts.append(f"fallbacks={f['fallbacks']}")
-    if f["client_disconnected"]:
-        parts.append("client-gone")
-    parts.append(f"rid={f['request_id']}")
-    if f["error"]:
-        parts.append(f"error={f['error_code'] or ''}: {f['error']}")
-    return " ".join(parts)
+    return _human(
+        f["status"], f["endpoint"], f["model"], f["route"], f["provider"], f["upstream"], f["total_ms"],
+        f["stream"], f["ttfb_ms"], f["prompt_tokens"], f["completion_tokens"], f["fallbacks"],
+        f["client_disconnected"], f["request_id"], f["error"], f["error_code"],
+    )  # fmt: skip
+
+
+def _human(
+    status: int, endpoint: str, model: str, route: str | None, provider: str | None, upstream: str | None,
+    total_ms: float, stream: bool, ttfb_ms: float | None, pt: object, ct: object, fallbacks: int, gone: bool,
+    rid: str, error: str | None, code: str | None,
+) -> str:  # fmt: skip
+    where = f"{route}:{provider}/{upstream}" if provider else (route or "unresolved")
+    text = f"{status or '-'} {endpoint} {repr(model) if model else '-'} -> {where} {total_ms:.1f}ms"
+    if stream and ttfb_ms is not None:
+        text += f" ttfb={ttfb_ms:.1f}ms"
+    if pt is not None or ct is not None:
+        text += f" tokens={pt or 0}+{ct or 0}"
+    if fallbacks:
+        text += f" fallbacks={fallbacks}"
+    if gone:
+        text += " client-gone"
+    text += f" rid={rid}"
+    if error:
+        text += f" error={code or ''}: {error}"
+    return text
 
 
 class AccessLogObserver:
@@ -277,6 +310,59 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()
+
+
+class AccessLines:
+    """Complete access lines as bytes, for a writer that bypasses :mod:`logging` (the writer process).
+
+    The lines are exactly what the ``aib.access`` logger writes through :func:`configure_logging`'s
+    handler: ``HUMAN_FORMAT`` with the local time, or :class:`JsonFormatter`'s JSON (UTC).
+    """
+
+    def __init__(
+        self, format: str = "human", redact: Callable[[str | None], str | None] | None = None, level: int = 20
+    ) -> None:
+        self.json = format == "json"
+        self.redact = redact or Redactor()
+        self.level = level  # the lowest level written (INFO = every line, WARNING = 5xx only)
+        self._second: list[tuple[int, str]] = [(-1, "")]
+
+    def line(self, w: Wire) -> bytes:
+        """The line of one request (with its newline), or ``b""`` when its level is not written."""
+        warning = w[STATUS] >= 500
+        if (logging.WARNING if warning else logging.INFO) < self.level:
+            return b""
+        created = w[STARTED_AT] + w[TOTAL_S]
+        if self.json:
+            out = {"ts": _iso(created, self._second), "level": "warning" if warning else "info"}
+            out["logger"] = ACCESS_LOGGER
+            out.update(wire_fields(w, self.redact))
+            try:
+                return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
+            except TypeError:  # a lone surrogate in a text: keep the line, replace the bad character
+                return orjson.dumps(_clean(out), option=orjson.OPT_APPEND_NEWLINE)
+        (
+            rid, endpoint, model, _, stream, route, _, _, provider, upstream, status, err, code, ttfb, total, _,
+            pt, ct, gone, _, atts, _, _,
+        ) = w  # fmt: skip
+        failed = (0 if atts[0][A_OK] else 1) if len(atts) == 1 else sum(1 for a in atts if not a[A_OK])
+        text = _human(
+            status, endpoint, model, route, provider, upstream, int(total * 1e6 + 0.5) / 1000.0, stream,
+            None if ttfb is None else int(ttfb * 1e6 + 0.5) / 1000.0, pt, ct, failed, gone, rid,
+            self.redact(err) if err else None, code,
+        )  # fmt: skip
+        sec = int(created)
+        last = self._second[0]
+        if last[0] != sec:
+            last = self._second[0] = (sec, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec)))
+        line = f"{last[1]},{int((created - sec) * 1000):03d} {'WARNING' if warning else 'INFO'} {ACCESS_LOGGER}: {text}\n"
+        return line.encode("utf-8", "backslashreplace")
+
+
+def _clean(out: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v.encode("utf-8", "replace").decode("utf-8") if isinstance(v, str) else v for k, v in out.items()
+    }
 
 
 def _iso(t: float, cache: list[tuple[int, str]]) -> str:

@@ -1,7 +1,7 @@
 """Prometheus metrics: one observer per gateway, with its own registry (no global state).
 
-Per finished request :meth:`MetricsObserver.request_done` does a few dict lookups and increments
-label children cached by their label tuple. Live state (in-flight requests, provider health,
+Per finished request :meth:`MetricsObserver.request_done` does a few dict lookups and adds to plain
+lists keyed by label tuples (no locks, no metric objects); the families are built at scrape time. Live state (in-flight requests, provider health,
 breakers, the config version, request-log drops) is read when Prometheus scrapes, by a collector.
 
 Labels only ever take configured names, so the number of series is bounded by the config: a route
@@ -11,18 +11,27 @@ that is not a configured one is labelled by how it matched (``pattern:ollama/*``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from aib.observe.records import Attempt, RequestRecord
+from aib.observe.wire import Wire, to_wire
 
 # LLM requests last from milliseconds (embeddings, errors) to minutes (long generations)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -38,8 +47,6 @@ ATTEMPT_OUTCOMES = (
 )  # fmt: skip
 CAPABILITY_PREFIX = "capability/"
 _ROUTE_CACHE_MAX = 4096
-# per (route, provider, endpoint, status): requests.inc, duration.observe, (route, provider)
-_Children = tuple[Callable[[], None], Callable[[float], None], tuple[str, str]]
 
 
 class GatewayLike(Protocol):
@@ -58,34 +65,42 @@ def status_label(record: RequestRecord) -> str:
 
 def attempt_outcome(a: Attempt) -> str:
     """A bounded name for how one upstream attempt ended."""
-    if a.ok:
-        return "rejected" if a.status is not None and a.status >= 400 else "ok"
-    err = a.error or ""
+    return outcome(a.ok, a.status, a.error)
+
+
+def outcome(ok: bool, status: int | None, error: str | None) -> str:
+    if ok:
+        return "rejected" if status is not None and status >= 400 else "ok"
+    err = error or ""
     if err == "client disconnected":
         return "cancelled"
     if "within the time limit" in err or "read timeout" in err:
         return "timeout"
-    if a.status is None:
+    if status is None:
         return "connect_error"
-    if a.status == 429:
+    if status == 429:
         return "rate_limited"
-    if a.status >= 400:
+    if status >= 400:
         return "http_error"
     return "bad_response"
 
 
 def route_label(record: RequestRecord, groups: Mapping[str, Any], patterns: Any) -> str:
     """The route as a configured name, or the kind of rule that matched (bounded by the config)."""
-    route, how = record.route, record.matched_by
+    return label(record.route, record.matched_by, record.rule, record.model, groups, patterns)
+
+
+def label(
+    route: str | None, how: str | None, rule: str | None, model: str, groups: Mapping[str, Any], patterns: Any
+) -> str:
     if route is None:
         return "unknown"
     if how == "capability":
-        model = record.model
         return "capability:" + (
             model[len(CAPABILITY_PREFIX) :] if model.startswith(CAPABILITY_PREFIX) else model
         )
     if how == "pattern":
-        return "pattern:" + _pattern_glob(record.rule, patterns)
+        return "pattern:" + _pattern_glob(rule, patterns)
     return route if route in groups else "other"
 
 
@@ -102,134 +117,104 @@ def _pattern_glob(rule: str | None, patterns: Any) -> str:
 
 
 class MetricsObserver:
-    """The Prometheus observer of one gateway. ``registry`` is private to it."""
+    """The Prometheus observer of one gateway. ``registry`` is private to it.
+
+    Per request it only updates plain dicts and lists keyed by label tuples (histograms by
+    :func:`bisect.bisect_left` into per-bucket counts); :class:`_RequestCollector` turns them into metric
+    families when Prometheus scrapes. ``request_done`` runs on the event loop thread only.
+    """
 
     def __init__(self, gateway: GatewayLike, process_metrics: bool = True) -> None:
         self.gateway = gateway
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
-            "aib_requests", "Requests answered, by route, provider, endpoint and HTTP status sent.",
-            ("route", "provider", "endpoint", "status"), registry=r,
-        )  # fmt: skip
-        self.duration = Histogram(
-            "aib_request_duration_seconds", "Time from request received to response finished.",
-            ("route", "provider"), buckets=DURATION_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.ttft = Histogram(
-            "aib_time_to_first_token_seconds", "Streams: time from request received to the first byte sent.",
-            ("route", "provider"), buckets=TTFT_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.overhead = Histogram(
-            "aib_gateway_overhead_seconds", "Time the gateway added: total minus time spent waiting on upstreams.",
-            buckets=OVERHEAD_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.prompt_tokens = Counter(
-            "aib_prompt_tokens", "Prompt tokens reported by upstreams.", ("route", "provider"), registry=r
-        )
-        self.completion_tokens = Counter(
-            "aib_completion_tokens",
-            "Completion tokens reported by upstreams.",
-            ("route", "provider"),
-            registry=r,
-        )
-        self.fallbacks = Counter(
-            "aib_fallbacks",
-            "Requests served by a fallback (or failed after trying more than one).",
-            ("route",),
-            registry=r,
-        )
-        self.attempts = Counter(
-            "aib_upstream_attempts",
-            "Upstream attempts by provider and outcome.",
-            ("provider", "outcome"),
-            registry=r,
-        )
-        self.reloads = Counter(
-            "aib_config_reloads", "Configuration reloads by result.", ("result",), registry=r
-        )
-        for res in RELOAD_RESULTS:
-            self.reloads.labels(res)
+        # (route, provider, endpoint, status) -> [requests, duration sum, duration bucket counts...]
+        self._requests: dict[tuple[str, str, str, int], list[Any]] = {}
+        self._ttft: dict[tuple[str, str], list[Any]] = {}  # (route, provider) -> [sum, bucket counts...]
+        self._overhead: list[Any] = [0.0] + [0] * (len(OVERHEAD_BUCKETS) + 1)
+        self._tokens: dict[tuple[str, str], list[int]] = {}  # (route, provider) -> [prompt, completion]
+        self._attempts: dict[tuple[str, str], int] = {}  # (provider, outcome) -> attempts
+        self._fallbacks: dict[str, int] = {}  # route -> requests that needed a fallback
+        self._reloads = dict.fromkeys(RELOAD_RESULTS, 0)
         self._drop_sources: list[Callable[[], tuple[Mapping[str, int], int]]] = []
-        r.register(_LiveCollector(self))
-        if process_metrics:
-            ProcessCollector(registry=r)
-            PlatformCollector(registry=r)
-            GCCollector(registry=r)
-        # caches: label tuple -> bound methods of the children
-        self._children: dict[tuple[str, str, str, str], _Children] = {}
-        self._ttft_observe: dict[tuple[str, str], Callable[[float], None]] = {}
-        self._token_inc: dict[tuple[str, str], tuple[Callable[[float], None], Callable[[float], None]]] = {}
-        self._attempt_inc: dict[tuple[str, str], Callable[..., None]] = {}
-        self._fallback_inc: dict[str, Callable[..., None]] = {}
+        self.before_collect: list[Callable[[], None]] = []  # fold what is batched before a scrape
         self._routes: dict[tuple[str | None, str | None, str | None], str] = {}
         self._routes_plan: object = None
-        self._overhead_observe = self.overhead.observe
+        self.registry.register(_RequestCollector(self))
+        self.registry.register(_LiveCollector(self))
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
 
     # ------------------------------------------------------------------ per request
 
     def request_done(self, record: RequestRecord) -> None:
+        """Count one finished request (the thread writer's way; ``aib serve`` folds batches)."""
+        self.fold((to_wire(record),))
+
+    def fold(self, batch: Iterable[Wire]) -> None:
+        """Count finished requests given as wire tuples (the writer client does this every tick, in a
+        tight loop: far cheaper per request than the same work between two requests)."""
         plan = self.gateway.plan
         if plan is not self._routes_plan:
             self._routes = {}
             self._routes_plan = plan
-        rkey = (record.route, record.matched_by, record.rule)
-        route = self._routes.get(rkey)
-        if route is None:
-            route = route_label(record, plan.groups, plan.patterns)
-            if len(self._routes) >= _ROUTE_CACHE_MAX:
-                self._routes.clear()
-            self._routes[rkey] = route
-        provider = record.provider or "none"
-        key = (route, provider, record.endpoint, status_label(record))
-        ch = self._children.get(key)
-        if ch is None:
-            ch = self._children[key] = self._make_children(key)
-        req_inc, dur_observe, rp = ch
-        req_inc()
-        dur_observe(record.total_s)
-        self._overhead_observe(record.overhead_s)
-        if record.stream and record.ttfb_s is not None:
-            ttft_observe = self._ttft_observe.get(rp)
-            if ttft_observe is None:
-                ttft_observe = self._ttft_observe[rp] = self.ttft.labels(*rp).observe
-            ttft_observe(record.ttfb_s)
-        pt, ct = record.prompt_tokens, record.completion_tokens
-        if pt or ct:
-            tok = self._token_inc.get(rp)
-            if tok is None:
-                tok = self._token_inc[rp] = (
-                    self.prompt_tokens.labels(*rp).inc,
-                    self.completion_tokens.labels(*rp).inc,
-                )
-            if type(pt) is int and pt > 0:
-                tok[0](pt)
-            if type(ct) is int and ct > 0:
-                tok[1](ct)
-        attempts = record.attempts
-        if attempts:
-            for a in attempts:
-                akey = (a.provider, attempt_outcome(a))
-                inc = self._attempt_inc.get(akey)
-                if inc is None:
-                    inc = self._attempt_inc[akey] = self.attempts.labels(*akey).inc
-                inc()
-            # a fallback: a failed attempt before the last, or an answer from a later route of the chain
-            if len(attempts) > 1 or attempts[-1].route != record.route:
-                finc = self._fallback_inc.get(route)
-                if finc is None:
-                    finc = self._fallback_inc[route] = self.fallbacks.labels(route).inc
-                finc()
-
-    def _make_children(self, key: tuple[str, str, str, str]) -> _Children:
-        rp = (key[0], key[1])
-        return (self.requests.labels(*key).inc, self.duration.labels(*rp).observe, rp)
+        routes, requests, attempts, o = self._routes, self._requests, self._attempts, self._overhead
+        for w in batch:
+            (
+                _, endpoint, model, _, stream, how_route, how, rule, provider, _, status, _, _, ttfb, total,
+                upstream_s, pt, ct, gone, _, atts, _, _,
+            ) = w  # fmt: skip
+            rkey = (how_route, how, rule)
+            route = routes.get(rkey)
+            if route is None:
+                route = label(how_route, how, rule, model, plan.groups, plan.patterns)
+                if len(routes) >= _ROUTE_CACHE_MAX:
+                    routes.clear()
+                routes[rkey] = route
+            provider = provider or "none"
+            key = (route, provider, endpoint, status or (499 if gone else 0))
+            c = requests.get(key)
+            if c is None:
+                c = requests[key] = [0, 0.0] + [0] * (len(DURATION_BUCKETS) + 1)
+            c[0] += 1
+            c[1] += total
+            c[2 + bisect_left(DURATION_BUCKETS, total)] += 1
+            over = total - upstream_s
+            if over < 0.0:
+                over = 0.0
+            o[0] += over
+            o[1 + bisect_left(OVERHEAD_BUCKETS, over)] += 1
+            if stream and ttfb is not None:
+                h = self._ttft.get((route, provider))
+                if h is None:
+                    h = self._ttft[(route, provider)] = [0.0] + [0] * (len(TTFT_BUCKETS) + 1)
+                h[0] += ttfb
+                h[1 + bisect_left(TTFT_BUCKETS, ttfb)] += 1
+            if pt or ct:
+                tok = self._tokens.get((route, provider))
+                if tok is None:
+                    tok = self._tokens[(route, provider)] = [0, 0]
+                if type(pt) is int and pt > 0:
+                    tok[0] += pt
+                if type(ct) is int and ct > 0:
+                    tok[1] += ct
+            if atts:
+                for a in atts:  # (target, provider, route, status, error, ttfb, duration, ok)
+                    akey = (
+                        a[1],
+                        "ok" if a[7] and (a[3] is None or a[3] < 400) else outcome(a[7], a[3], a[4]),
+                    )
+                    attempts[akey] = attempts.get(akey, 0) + 1
+                # a fallback: a failed attempt before the last, or an answer from a later route of the chain
+                if len(atts) > 1 or atts[-1][2] != how_route:
+                    self._fallbacks[route] = self._fallbacks.get(route, 0) + 1
 
     # ------------------------------------------------------------------ called by other code
 
     def reload_done(self, result: str) -> None:
         """Count a configuration reload: ``success`` or ``failure``."""
-        self.reloads.labels("success" if result in ("success", "ok") else "failure").inc()
+        self._reloads["success" if result in ("success", "ok") else "failure"] += 1
 
     def add_drop_source(self, source: Callable[[], tuple[Mapping[str, int], int]]) -> None:
         """Something that loses entries on purpose (the request log): ``() -> ({reason: n}, queued)``."""
@@ -239,7 +224,7 @@ class MetricsObserver:
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)
-        return encoder(_WithoutCreated(self.registry)), content_type
+        return encoder(self.registry), content_type
 
     async def asgi(
         self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
@@ -256,16 +241,106 @@ class MetricsObserver:
         await send({"type": "http.response.body", "body": body})
 
 
-class _WithoutCreated(Collector):
-    """The registry without the ``*_created`` timestamp series (they double the series count for nothing)."""
+def _buckets(bounds: tuple[float, ...], counts: list[Any]) -> list[tuple[str, float]]:
+    """Cumulative ``(le, count)`` pairs from per-bucket counts (the last count is the +Inf bucket)."""
+    out: list[tuple[str, float]] = []
+    acc = 0
+    for le, n in zip(_LE[bounds], counts, strict=True):
+        acc += n
+        out.append((le, float(acc)))
+    return out
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
+
+_LE: dict[tuple[float, ...], list[str]] = {
+    b: [floatToGoString(x) for x in b] + ["+Inf"]  # type: ignore[no-untyped-call]  # le as Histogram writes it
+    for b in (DURATION_BUCKETS, TTFT_BUCKETS, OVERHEAD_BUCKETS)
+}
+
+
+class _RequestCollector(Collector):
+    """The per-request counters and histograms, built from the observer's dicts at scrape time."""
+
+    def __init__(self, obs: MetricsObserver) -> None:
+        self.obs = obs
+
+    def describe(self) -> list[Metric]:
+        return []
 
     def collect(self) -> Iterator[Metric]:
-        for m in self.registry.collect():  # fresh Metric objects on every collect
-            m.samples = [s for s in m.samples if not s.name.endswith("_created")]
-            yield m
+        o = self.obs
+        for hook in o.before_collect:
+            hook()
+        rp_labels = ["route", "provider"]
+        requests = CounterMetricFamily(
+            "aib_requests",
+            "Requests answered, by route, provider, endpoint and HTTP status sent.",
+            labels=["route", "provider", "endpoint", "status"],
+        )
+        per_rp: dict[tuple[str, str], list[Any]] = {}
+        for (route, provider, endpoint, status), c in list(o._requests.items()):
+            requests.add_metric([route, provider, endpoint, str(status)], float(c[0]))
+            acc = per_rp.get((route, provider))
+            if acc is None:
+                per_rp[(route, provider)] = list(c[1:])
+            else:
+                per_rp[(route, provider)] = [a + b for a, b in zip(acc, c[1:], strict=True)]
+        yield requests
+        duration = HistogramMetricFamily(
+            "aib_request_duration_seconds",
+            "Time from request received to response finished.",
+            labels=rp_labels,
+        )
+        for rp, h in per_rp.items():
+            duration.add_metric(list(rp), _buckets(DURATION_BUCKETS, h[1:]), h[0])
+        yield duration
+        ttft = HistogramMetricFamily(
+            "aib_time_to_first_token_seconds",
+            "Streams: time from request received to the first byte sent.",
+            labels=rp_labels,
+        )
+        for rp, h in list(o._ttft.items()):
+            ttft.add_metric(list(rp), _buckets(TTFT_BUCKETS, h[1:]), h[0])
+        yield ttft
+        overhead = HistogramMetricFamily(
+            "aib_gateway_overhead_seconds",
+            "Time the gateway added: total minus time spent waiting on upstreams.",
+        )
+        h = list(o._overhead)
+        overhead.add_metric([], _buckets(OVERHEAD_BUCKETS, h[1:]), h[0])
+        yield overhead
+        prompt = CounterMetricFamily(
+            "aib_prompt_tokens", "Prompt tokens reported by upstreams.", labels=rp_labels
+        )
+        completion = CounterMetricFamily(
+            "aib_completion_tokens", "Completion tokens reported by upstreams.", labels=rp_labels
+        )
+        for rp, (p_n, c_n) in list(o._tokens.items()):
+            prompt.add_metric(list(rp), float(p_n))
+            completion.add_metric(list(rp), float(c_n))
+        yield prompt
+        yield completion
+        fallbacks = CounterMetricFamily(
+            "aib_fallbacks",
+            "Requests served by a fallback (or failed after trying more than one).",
+            labels=["route"],
+        )
+        for route, n in list(o._fallbacks.items()):
+            fallbacks.add_metric([route], float(n))
+        yield fallbacks
+        attempts = CounterMetricFamily(
+            "aib_upstream_attempts",
+            "Upstream attempts by provider and outcome.",
+            labels=["provider", "outcome"],
+        )
+        for (provider, outcome), n in list(o._attempts.items()):
+            attempts.add_metric([provider, outcome], float(n))
+        yield attempts
+        reloads = CounterMetricFamily(
+            "aib_config_reloads", "Configuration reloads by result.", labels=["result"]
+        )
+        for result, n in o._reloads.items():
+            reloads.add_metric([result], float(n))
+        yield reloads
 
 
 class _LiveCollector(Collector):
