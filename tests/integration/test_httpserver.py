@@ -299,7 +299,10 @@ async def test_a_request_head_that_never_completes_gets_408() -> None:
     assert app.scopes == []
 
 
-async def test_stop_lets_a_request_in_flight_finish_and_refuses_new_ones() -> None:
+async def slow_request_in_flight() -> tuple[
+    Recorder, HttpServer, int, asyncio.StreamReader, asyncio.StreamWriter
+]:
+    """A started server with one /slow request received and waiting for ``app.gate``."""
     app = Recorder()
     server = HttpServer(app)
     port = await server.start(host="127.0.0.1", port=0)
@@ -309,6 +312,11 @@ async def test_stop_lets_a_request_in_flight_finish_and_refuses_new_ones() -> No
         if app.scopes:
             break
         await asyncio.sleep(0.01)
+    return app, server, port, reader, writer
+
+
+async def test_stop_lets_a_request_in_flight_finish_and_refuses_new_ones() -> None:
+    app, server, port, reader, writer = await slow_request_in_flight()
     stopping = asyncio.create_task(server.stop(5.0))
     await asyncio.sleep(0.1)
     assert not stopping.done()  # waiting for /slow
@@ -323,15 +331,7 @@ async def test_stop_lets_a_request_in_flight_finish_and_refuses_new_ones() -> No
 
 
 async def test_stop_after_the_drain_time_cancels_what_is_left() -> None:
-    app = Recorder()
-    server = HttpServer(app)
-    port = await server.start(host="127.0.0.1", port=0)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
-    for _ in range(200):
-        if app.scopes:
-            break
-        await asyncio.sleep(0.01)
+    _app, server, _port, reader, writer = await slow_request_in_flight()
     await asyncio.wait_for(server.stop(0.2), 5)
     assert await asyncio.wait_for(reader.read(-1), 5) == b""  # closed without an answer
     writer.close()
