@@ -52,7 +52,6 @@ class _Conn(asyncio.Protocol):
         "_complete",
         "_error",
         "_headers_done",
-        "_name",
         "_paused",
         "_timer",
         "_waiter",
@@ -87,7 +86,6 @@ class _Conn(asyncio.Protocol):
     def _reset(self) -> None:
         self.status = 0
         self.headers: dict[str, str] = {}
-        self._name = b""
         self._buf: list[bytes] = []
         self._buffered = 0
         self._headers_done = False

@@ -150,7 +150,7 @@ class _Request:
         return _DISCONNECT
 
     async def _wait(self) -> None:
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self.conn.loop.create_future()
         try:
             await self.waiter
         finally:
