@@ -57,6 +57,16 @@ def serve(
             "(SIGHUP) then restarts it and cuts requests in flight.",
         ),
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            envvar="AIB_WORKERS",
+            help="Gateway processes sharing HOST:PORT (native engine). One serves about one core's "
+            "worth of requests; use up to the number of cores the gateway may take.",
+        ),
+    ] = 1,
 ) -> None:
     """Start the gateway on HOST:PORT (the native engine, or with --engine litellm the LiteLLM proxy).
 
@@ -92,6 +102,43 @@ def serve(
                     code = serve_front(cdir, settings, log_level)
         except EngineError as exc:
             fail(str(exc))
+        raise typer.Exit(code)
+    if workers > 1:
+        if engine is not Engine.native:
+            fail("--workers is for the native engine; LiteLLM has its own --num_workers", EXIT_BAD_INPUT)
+        import os
+        import sys
+
+        from aib.gateway.workers import supervisor_argv
+
+        argv = supervisor_argv(
+            workers,
+            host,
+            port,
+            settings.config_dir,
+            not no_health_checks,
+            log_level,
+            settings.drain_timeout_s,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(argv[0], argv)  # the same PID, without the CLI's libraries in memory
+    if workers > 1:
+        if engine is not Engine.native:
+            fail("--workers is for the native engine; LiteLLM has its own --num_workers", EXIT_BAD_INPUT)
+        from aib.gateway.workers import Supervisor
+        from aib.observe.logs import configure_logging
+
+        configure_logging(ObserveSettings.from_env().log_format, log_level)
+        code = Supervisor(
+            workers,
+            host,
+            port,
+            settings.config_dir,
+            not no_health_checks,
+            log_level,
+            settings.drain_timeout_s,
+        ).run()
         raise typer.Exit(code)
     with config_errors():
         run(settings, log_level=log_level)

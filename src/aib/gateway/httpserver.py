@@ -470,6 +470,7 @@ class HttpServer:
         self.stopping = False
         self.force = False  # a second signal: stop without waiting
         self._server: asyncio.Server | None = None
+        self._extra: list[asyncio.Server] = []  # more listening sockets (a leader worker's unix socket)
         self._sweeper: asyncio.TimerHandle | None = None
         self._lifespan: _Lifespan | None = None
 
@@ -484,7 +485,13 @@ class HttpServer:
         sock.setblocking(False)
         self._server = await self.loop.create_server(lambda: _Connection(self), sock=sock, backlog=2048)
         self._sweep()
-        return int(sock.getsockname()[1])
+        name = sock.getsockname()
+        return int(name[1]) if isinstance(name, tuple) else 0
+
+    async def listen_also(self, sock: socket.socket) -> None:
+        """Serve the same application on one more listening socket (TCP or unix), stopped with the rest."""
+        sock.setblocking(False)
+        self._extra.append(await self.loop.create_server(lambda: _Connection(self), sock=sock, backlog=128))
 
     def _sweep(self) -> None:
         now = self.clock = self.loop.time()
@@ -495,8 +502,9 @@ class HttpServer:
     async def stop(self, drain_s: float = 30.0) -> None:
         """Stop accepting, let requests in flight finish (at most ``drain_s``), then shut the app down."""
         self.stopping = True
-        if self._server is not None:
-            self._server.close()
+        for srv in (self._server, *self._extra):
+            if srv is not None:
+                srv.close()
         for conn in list(self.connections):
             if not conn.queue and conn.transport is not None:
                 conn.transport.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
 import threading
@@ -18,6 +20,7 @@ from aib.config.load import DEFAULTS_DIR, PROVIDERS_FILE
 from aib.gateway.app import Gateway, create_app
 from aib.gateway.httpserver import ASGIApp, HttpServer
 from aib.gateway.settings import GatewaySettings
+from aib.gateway.workers import WorkerSpec
 from aib.observe import install_observability
 from aib.observe.logs import configure_logging
 from aib.observe.settings import ObserveSettings
@@ -34,8 +37,11 @@ def choose_config_dir(config_dir: Path | None) -> Path:
     return local if (local / PROVIDERS_FILE).exists() else DEFAULTS_DIR
 
 
-def build_gateway(settings: GatewaySettings, observe: ObserveSettings | None = None) -> Gateway:
-    """The gateway for ``settings``, with metrics, access log and request log (``observe``, default from env)."""
+def build_gateway(
+    settings: GatewaySettings, observe: ObserveSettings | None = None, worker: WorkerSpec | None = None
+) -> Gateway:
+    """The gateway for ``settings``, with metrics, access log and request log (``observe``, default from
+    env); ``worker``: one worker of ``aib serve --workers N`` (shared metrics, leader or follower)."""
     cdir = choose_config_dir(settings.config_dir)
     plan, cfg, warnings = build_plan(cdir)
     for w in warnings:
@@ -49,13 +55,26 @@ def build_gateway(settings: GatewaySettings, observe: ObserveSettings | None = N
         len(plan.patterns),
     )
     gateway = create_app(plan, settings, cfg)
-    install_observability(gateway, observe or ObserveSettings.from_env())
+    handle = install_observability(gateway, observe or ObserveSettings.from_env())
     # the layers above the gateway, imported when a server is built
     from aib.engines.sdk_sidecar import install_sdk_adapter
     from aib.reload import install_reload
+    from aib.reload.cluster import Cluster
 
+    cluster = None
+    if worker is not None:
+        run_dir = Path(worker.run_dir)
+        cluster = Cluster(run_dir, worker.leader, worker.supervisor_pid)
+        if handle.metrics is not None:
+            from aib.observe.shared import WorkerMetrics
+
+            shared = WorkerMetrics(handle.metrics, run_dir / "metrics")
+            gateway.on_startup.append(shared.start)
+            gateway.on_shutdown.append(shared.stop)
     sdk = install_sdk_adapter(gateway)  # starts nothing until the plan has litellm_sdk providers
-    install_reload(gateway, None if cdir == DEFAULTS_DIR else cdir, targets=[sdk.reload_target])
+    install_reload(
+        gateway, None if cdir == DEFAULTS_DIR else cdir, targets=[sdk.reload_target], cluster=cluster
+    )
     return gateway
 
 
@@ -68,6 +87,7 @@ async def serve_app(
     drain_s: float = 30.0,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[int], None] | None = None,
+    also: tuple[socket.socket, ...] = (),
 ) -> None:
     """Serve ``app`` until ``stop`` is set, or SIGINT/SIGTERM (in the main thread; a second one stops
     at once). Requests in flight get up to ``drain_s`` to finish."""
@@ -87,6 +107,8 @@ async def serve_app(
             loop.add_signal_handler(sig, on_signal)
     try:
         bound = await server.start(sock, host, port)
+        for extra in also:
+            await server.listen_also(extra)
         if on_ready is not None:
             on_ready(bound)
         await stop.wait()
@@ -98,18 +120,25 @@ async def serve_app(
                 loop.remove_signal_handler(sig)
 
 
-def serve(settings: GatewaySettings, log_level: str = "info", observe: ObserveSettings | None = None) -> None:
+def serve(
+    settings: GatewaySettings,
+    log_level: str = "info",
+    observe: ObserveSettings | None = None,
+    worker: WorkerSpec | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM. ``worker``: as one worker of ``aib serve --workers N`` (the
+    socket and the run folder come from the supervisor, :mod:`aib.gateway.workers`)."""
     observe = observe or ObserveSettings.from_env()
-    configure_logging(observe.log_format, log_level)
-    app = build_gateway(settings, observe)
+    handler = configure_logging(observe.log_format, log_level)
+    if worker is not None:
+        handler.addFilter(_WorkerTag(worker.index))
+    app = build_gateway(settings, observe, worker)
+    if worker is not None:
+        uvloop.run(_serve_worker(app, settings, worker))
+        return
 
     def ready(port: int) -> None:
-        # everything built at startup (config, plan, modules) lives as long as the process: move it out
-        # of the collector's sight, and collect the young generation less often (each request leaves
-        # a few dozen short-lived containers; refcounting frees them, the collector only adds cost)
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+        _freeze()
         log.info("gateway listening on http://%s:%d", settings.host, port)
 
     try:
@@ -119,3 +148,60 @@ def serve(settings: GatewaySettings, log_level: str = "info", observe: ObserveSe
     except OSError as exc:  # the port is taken, the address is not local, ...
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
         raise SystemExit(1) from None
+
+
+def _freeze() -> None:
+    """Everything built at startup (config, plan, modules) lives as long as the process: move it out
+    of the collector's sight, and collect the young generation less often (each request leaves a few
+    dozen short-lived containers; refcounting frees them, the collector only adds cost)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+
+
+async def _serve_worker(app: Gateway, settings: GatewaySettings, spec: WorkerSpec) -> None:
+    sock = socket.socket(fileno=spec.listen_fd)
+    also: tuple[socket.socket, ...] = ()
+    if spec.leader:  # followers forward admin reloads here (aib.reload.cluster)
+        from aib.reload.cluster import LEADER_SOCKET
+
+        path = Path(spec.run_dir) / LEADER_SOCKET
+        path.unlink(missing_ok=True)
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.bind(str(path))
+        unix.listen(64)
+        also = (unix,)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def orphaned() -> None:  # the supervisor is gone (killed): stop like on SIGTERM
+        if os.getppid() != spec.supervisor_pid:
+            log.warning(
+                "worker %d: the supervisor (pid %d) is gone; stopping", spec.index, spec.supervisor_pid
+            )
+            stop.set()
+        else:
+            loop.call_later(1.0, orphaned)
+
+    def ready(port: int) -> None:
+        _freeze()
+        with contextlib.suppress(OSError):
+            os.write(spec.ready_fd, b"r")
+            os.close(spec.ready_fd)
+        log.info("worker %d (pid %d) ready", spec.index, os.getpid())
+        loop.call_later(1.0, orphaned)
+
+    await serve_app(app, drain_s=settings.drain_timeout_s, stop=stop, on_ready=ready, sock=sock, also=also)
+
+
+class _WorkerTag(logging.Filter):
+    """Tag a worker's log lines: ``aib.gateway[w1]: ...`` (the logger field, in JSON too)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.tag = f"[w{index}]"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.endswith(self.tag):
+            record.name += self.tag
+        return True

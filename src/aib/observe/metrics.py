@@ -137,6 +137,8 @@ class MetricsObserver:
         self._reloads = dict.fromkeys(RELOAD_RESULTS, 0)
         self._drop_sources: list[Callable[[], tuple[Mapping[str, int], int]]] = []
         self.before_collect: list[Callable[[], None]] = []  # fold what is batched before a scrape
+        # `aib serve --workers N`: adds the other workers' counters at scrape time (aib.observe.shared)
+        self.siblings: Callable[[], list[dict[str, Any]]] | None = None
         self._routes: dict[tuple[str | None, str | None, str | None], str] = {}
         self._routes_plan: object = None
         self.registry.register(_RequestCollector(self))
@@ -220,6 +222,28 @@ class MetricsObserver:
         """Something that loses entries on purpose (the request log): ``() -> ({reason: n}, queued)``."""
         self._drop_sources.append(source)
 
+    # ------------------------------------------------------------------ several workers
+
+    def counters(self) -> dict[str, Any]:
+        """Every counter of this process, as plain containers (marshal-able; the live objects)."""
+        return {
+            "requests": self._requests,
+            "ttft": self._ttft,
+            "overhead": self._overhead,
+            "tokens": self._tokens,
+            "attempts": self._attempts,
+            "fallbacks": self._fallbacks,
+            "reloads": self._reloads,
+            "inflight": self.gateway.inflight,
+        }
+
+    def view(self) -> dict[str, Any]:
+        """What a scrape shows: this process's counters, plus its sibling workers' when it has any."""
+        own = self.counters()
+        if self.siblings is None:
+            return own
+        return merge_counters([own, *self.siblings()])
+
     # ------------------------------------------------------------------ exposition
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
@@ -239,6 +263,28 @@ class MetricsObserver:
         headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _add(a: Any, b: Any) -> Any:
+    if isinstance(a, list):
+        return [_add(x, y) for x, y in zip(a, b, strict=True)]
+    return a + b
+
+
+def merge_counters(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the counters of several workers (same shapes: label tuple -> number or bucket list)."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for name, value in part.items():
+            have = out.get(name)
+            if have is None:
+                out[name] = dict(value) if isinstance(value, dict) else value
+            elif isinstance(value, dict):
+                for key, v in value.items():
+                    have[key] = _add(have[key], v) if key in have else v
+            else:
+                out[name] = _add(have, value)
+    return out
 
 
 def _buckets(bounds: tuple[float, ...], counts: list[Any]) -> list[tuple[str, float]]:
@@ -270,6 +316,7 @@ class _RequestCollector(Collector):
         o = self.obs
         for hook in o.before_collect:
             hook()
+        v = o.view()
         rp_labels = ["route", "provider"]
         requests = CounterMetricFamily(
             "aib_requests",
@@ -277,7 +324,7 @@ class _RequestCollector(Collector):
             labels=["route", "provider", "endpoint", "status"],
         )
         per_rp: dict[tuple[str, str], list[Any]] = {}
-        for (route, provider, endpoint, status), c in list(o._requests.items()):
+        for (route, provider, endpoint, status), c in list(v["requests"].items()):
             requests.add_metric([route, provider, endpoint, str(status)], float(c[0]))
             acc = per_rp.get((route, provider))
             if acc is None:
@@ -298,14 +345,14 @@ class _RequestCollector(Collector):
             "Streams: time from request received to the first byte sent.",
             labels=rp_labels,
         )
-        for rp, h in list(o._ttft.items()):
+        for rp, h in list(v["ttft"].items()):
             ttft.add_metric(list(rp), _buckets(TTFT_BUCKETS, h[1:]), h[0])
         yield ttft
         overhead = HistogramMetricFamily(
             "aib_gateway_overhead_seconds",
             "Time the gateway added: total minus time spent waiting on upstreams.",
         )
-        h = list(o._overhead)
+        h = list(v["overhead"])
         overhead.add_metric([], _buckets(OVERHEAD_BUCKETS, h[1:]), h[0])
         yield overhead
         prompt = CounterMetricFamily(
@@ -314,7 +361,7 @@ class _RequestCollector(Collector):
         completion = CounterMetricFamily(
             "aib_completion_tokens", "Completion tokens reported by upstreams.", labels=rp_labels
         )
-        for rp, (p_n, c_n) in list(o._tokens.items()):
+        for rp, (p_n, c_n) in list(v["tokens"].items()):
             prompt.add_metric(list(rp), float(p_n))
             completion.add_metric(list(rp), float(c_n))
         yield prompt
@@ -324,7 +371,7 @@ class _RequestCollector(Collector):
             "Requests served by a fallback (or failed after trying more than one).",
             labels=["route"],
         )
-        for route, n in list(o._fallbacks.items()):
+        for route, n in list(v["fallbacks"].items()):
             fallbacks.add_metric([route], float(n))
         yield fallbacks
         attempts = CounterMetricFamily(
@@ -332,13 +379,13 @@ class _RequestCollector(Collector):
             "Upstream attempts by provider and outcome.",
             labels=["provider", "outcome"],
         )
-        for (provider, outcome), n in list(o._attempts.items()):
+        for (provider, outcome), n in list(v["attempts"].items()):
             attempts.add_metric([provider, outcome], float(n))
         yield attempts
         reloads = CounterMetricFamily(
             "aib_config_reloads", "Configuration reloads by result.", labels=["result"]
         )
-        for result, n in o._reloads.items():
+        for result, n in v["reloads"].items():
             reloads.add_metric([result], float(n))
         yield reloads
 
@@ -356,7 +403,10 @@ class _LiveCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         gw = self.obs.gateway
         plan, state = gw.plan, gw.state
-        yield GaugeMetricFamily("aib_inflight_requests", "Requests being served now.", value=gw.inflight)
+        inflight = gw.inflight
+        if self.obs.siblings is not None:
+            inflight += sum(int(p.get("inflight", 0)) for p in self.obs.siblings())
+        yield GaugeMetricFamily("aib_inflight_requests", "Requests being served now.", value=inflight)
         up = GaugeMetricFamily(
             "aib_provider_up", "1 if the last health probe succeeded, 0 if it failed.", labels=["provider"]
         )

@@ -12,6 +12,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,6 +107,8 @@ class ReloadController:
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
         self._rejected: object = None  # what the last rejected files were (version or read errors)
+        # told the candidate in force after each applied reload (a leader worker publishes it)
+        self.on_change: list[Callable[[Candidate], None]] = []
 
     # ------------------------------------------------------------------ entry points
 
@@ -137,6 +140,33 @@ class ReloadController:
         return await self.reload(
             "rollback", f"{by + ': ' if by else ''}to backup {info.id}", src, restore=True
         )
+
+    async def follow(self, src: Sources) -> str:
+        """A follower worker: put in force what the leader published (no backups, no verification:
+        the leader did both). Returns what happened: ``applied``, ``unchanged`` or ``rejected``."""
+        if self.current is None:
+            return "unchanged"
+        async with self._lock:
+            old = self.current
+            if src.version == old.version:
+                return "unchanged"
+            try:
+                cand, _ = await asyncio.to_thread(self._prepare, src)
+            except ConfigError as exc:  # cannot happen for what the leader applied; kept, said loudly
+                log.error("cannot follow the leader to %s: %s", src.version, "; ".join(map(str, exc.errors)))
+                return "rejected"
+            started: list[ReloadTarget] = []
+            try:
+                for target in self.targets:
+                    started.append(target)
+                    await target.activate(cand)
+            except Exception:
+                log.exception("cannot follow the leader to %s; still serving %s", cand.version, old.version)
+                await self._revert(started, old)
+                return "rejected"
+            self.current = cand
+            log.info("following the leader: now serving %s (was %s)", cand.version, old.version)
+            return "applied"
 
     async def files_settled(self, sources: Sources, changed: list[str]) -> ReloadResult | None:
         """The watcher's entry: reload once per distinct content it saw settle."""
@@ -255,6 +285,11 @@ class ReloadController:
         except OSError as exc:
             res.warnings.append(f"could not regenerate {GENERATED_FILE}: {exc.strerror or exc}")
         self._mark(backup, "applied")
+        for hook in self.on_change:
+            try:
+                hook(cand)
+            except Exception:
+                log.exception("reload %d: telling the other workers failed", res.id)
         return self._finish(res, t0, "applied", f"applied {cand.version} (was {old.version}): {summary}")
 
     async def _roll_back(

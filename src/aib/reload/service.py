@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -25,6 +25,7 @@ from aib.gateway.app import Gateway, Receive, Scope, Send, read_body, send_error
 from aib.gateway.errors import GatewayError
 from aib.gateway.proxy import ClientGone
 from aib.reload.backups import BackupError
+from aib.reload.cluster import CLIENT_HEADER, Cluster, forward_to_leader
 from aib.reload.controller import HTTP_STATUS, NoConfigDir, ReloadController, ReloadResult
 from aib.reload.settings import ReloadSettings
 from aib.reload.target import ReloadTarget
@@ -35,9 +36,12 @@ MAX_ADMIN_BODY = 16 * 1024
 
 
 class ReloadService:
-    def __init__(self, gateway: Gateway, controller: ReloadController) -> None:
+    def __init__(
+        self, gateway: Gateway, controller: ReloadController, cluster: Cluster | None = None
+    ) -> None:
         self.gateway = gateway
         self.controller = controller
+        self.cluster = cluster  # None: a single process; else one worker of `aib serve --workers N`
         self.watcher: ConfigWatcher | None = None
         self._signal_tasks: set[asyncio.Task[Any]] = set()
         self._sighup = False
@@ -49,6 +53,14 @@ class ReloadService:
         if ctl.config_dir is None:
             log.info("config reload: off (running on the configuration shipped in the package)")
             return
+        cluster = self.cluster
+        if cluster is not None and not cluster.leader:
+            await self._start_follower()
+            return
+        if cluster is not None:  # the leader: what it applies, every worker applies
+            assert ctl.current is not None
+            ctl.on_change.append(lambda cand: cluster.publish(cand.sources))
+            await asyncio.to_thread(cluster.publish, ctl.current.sources)
         if s.watch:
             self.watcher = ConfigWatcher(ctl.config_dir, s.debounce_ms / 1000, ctl.files_settled)
             self.watcher.start()
@@ -62,6 +74,21 @@ class ReloadService:
         how += ["SIGHUP"] if self._sighup else []
         log.info("config reload: %s", ", ".join([*how, "`aib reload`, POST /admin/reload"]))
 
+    async def _start_follower(self) -> None:
+        """Follow the leader: load what it published now and on each SIGHUP from the supervisor."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            self._sighup = True
+        await self._follow()
+        log.info("config reload: following the leader worker (it watches %s)", self.controller.config_dir)
+
+    async def _follow(self) -> None:
+        assert self.cluster is not None
+        src = await asyncio.to_thread(self.cluster.read_published)
+        if src is not None:
+            await self.controller.follow(src)
+
     async def stop(self) -> None:
         if self._sighup:
             with contextlib.suppress(ValueError, RuntimeError):
@@ -74,7 +101,12 @@ class ReloadService:
         await asyncio.gather(*self._signal_tasks, return_exceptions=True)
 
     def _on_sighup(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.controller.reload("SIGHUP", "signal"))
+        work: Coroutine[Any, Any, object]
+        if self.cluster is not None and not self.cluster.leader:
+            work = self._follow()
+        else:
+            work = self.controller.reload("SIGHUP", "signal")
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(work)
         self._signal_tasks.add(task)
         task.add_done_callback(self._signal_tasks.discard)
 
@@ -99,19 +131,67 @@ class ReloadService:
 
     @staticmethod
     def _who(body: dict[str, Any], scope: Scope) -> str:
-        client = scope.get("client") or ("?", 0)
+        client = scope.get("client")
+        where = client[0] if client else "?"
+        if client is None:  # the leader's unix socket: a follower forwarded it, with the real client
+            for k, v in scope.get("headers", ()):
+                if k == CLIENT_HEADER:
+                    where = v.decode("latin-1")
         who = str(body.get("by") or "api")
-        return f"{who} from {client[0]}"
+        return f"{who} from {where}"
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A follower: the leader runs every admin reload action; pass its answer on unchanged."""
+        assert self.cluster is not None
+        try:
+            body = await read_body(scope, receive, MAX_ADMIN_BODY)
+        except GatewayError as bad:
+            await send_error(send, bad)
+            return
+        except ClientGone:
+            return
+        qs = scope.get("query_string", b"")
+        target = scope["raw_path"] + (b"?" + qs if qs else b"")
+        client = scope.get("client")
+        timeout = self.controller.settings.verify_timeout_s + 60.0
+        try:
+            status, ctype, answer = await forward_to_leader(
+                self.cluster, scope["method"], target, scope["headers"], body,
+                client[0] if client else "?", timeout,
+            )  # fmt: skip
+        except (OSError, TimeoutError, ValueError, IndexError) as exc:
+            err = GatewayError(
+                503,
+                f"The leader worker, which runs reloads, did not answer ({type(exc).__name__}: {exc}); "
+                "it may be restarting. Try again in a few seconds.",
+                "service_unavailable",
+                "leader_unavailable",
+            )
+            err.headers["retry-after"] = "2"
+            await send_error(send, err)
+            return
+        headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(answer))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    def _follower(self) -> bool:
+        return self.cluster is not None and not self.cluster.leader
 
     async def _answer(self, send: Send, res: ReloadResult) -> None:
         await send_json(send, HTTP_STATUS[res.result], orjson.dumps(res.as_dict()))
 
     async def handle_reload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._follower():
+            await self._forward(scope, receive, send)
+            return
         await self._admin_action(
             scope, receive, send, "reload", lambda body: self.controller.reload("api", self._who(body, scope))
         )
 
     async def handle_rollback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._follower():
+            await self._forward(scope, receive, send)
+            return
         await self._admin_action(
             scope,
             receive,
@@ -153,6 +233,9 @@ class ReloadService:
         await self._answer(send, res)
 
     async def handle_history(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._follower():
+            await self._forward(scope, receive, send)
+            return
         if not await self.gateway.check_admin(scope, send):
             return
         qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -184,6 +267,7 @@ def install_reload(
     config_dir: Path | None,
     settings: ReloadSettings | None = None,
     targets: list[ReloadTarget] | None = None,
+    cluster: Cluster | None = None,
 ) -> ReloadService:
     """Give ``gateway`` hot reload from ``config_dir`` (None: the package defaults, nothing to reload).
 
@@ -191,7 +275,7 @@ def install_reload(
     and stop at shutdown. Bad ``AIB_RELOAD_*`` / ``AIB_BACKUPS_*`` values raise ConfigError.
     """
     rs = settings or ReloadSettings.resolve(gateway.settings)
-    service = ReloadService(gateway, ReloadController(gateway, config_dir, rs, targets))
+    service = ReloadService(gateway, ReloadController(gateway, config_dir, rs, targets), cluster)
     gateway.add_route("/admin/reload", "POST", service.handle_reload)
     gateway.add_route("/admin/rollback", "POST", service.handle_rollback)
     gateway.add_route("/admin/reloads", "GET", service.handle_history)
