@@ -33,6 +33,7 @@ def children() -> set[int]:
 def test_bench_quick_without_litellm(tmp_path: Path) -> None:
     before = children()
     args = ["bench", "--quick", "--no-litellm", "--requests", "100", "--streams", "10", "--duration", "1"]
+    args += ["--workers", "2"]
     res = CliRunner().invoke(app, [*args, "--out-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "added latency p50" in res.output and "Targets (native engine)" in res.output
@@ -40,14 +41,17 @@ def test_bench_quick_without_litellm(tmp_path: Path) -> None:
     assert children() - before == set()  # the fake and `aib serve` were stopped
 
     result = json.loads((tmp_path / "gateway_bench.json").read_text())
-    assert set(result["engines"]) == {"direct", "native"}
+    assert set(result["engines"]) == {"direct", "native", "native_w"}
+    for name in ("native", "native_w"):  # one process, then `--workers 2`
+        native = result["best"][name]
+        for key in ("ready_s", "added_p50_us", "ttft_added_us", "cpu_us_per_chunk", "rss_mb"):
+            assert math.isfinite(native[key]), key
+        for c in (32, 64, 128):
+            assert native[f"rps_c{c}"] > 0 and native[f"errors_c{c}"] == 0
+            assert result["best"]["direct"][f"rps_c{c}"] > 0
+            assert native[f"machine_us_per_req_c{c}"] > native[f"cpu_us_per_req_c{c}"] > 0
+        assert native["n_seq"] == 100 and native["n_stream"] == 10
     native = result["best"]["native"]
-    for key in ("ready_s", "added_p50_us", "ttft_added_us", "cpu_us_per_chunk", "rss_mb"):
-        assert math.isfinite(native[key]), key
-    for c in (32, 64, 128):
-        assert native[f"rps_c{c}"] > 0 and native[f"errors_c{c}"] == 0
-        assert result["best"]["direct"][f"rps_c{c}"] > 0
-    assert native["n_seq"] == 100 and native["n_stream"] == 10
     assert 0 < native["rss_mb"] < 1000 and native["ready_s"] < 30
     status = {v["label"]: v["status"] for v in result["verdicts"]}
     assert status["RSS ≤ 1/4 of LiteLLM's"] == "n/a"

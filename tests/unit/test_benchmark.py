@@ -82,18 +82,21 @@ def figures(**native: float) -> dict[str, dict[str, float]]:
     return {
         "direct": {"rps_c64": 20000.0, "rss_mb": 25.0},
         "native": {**base, **native},
+        "native_w": {**base, "rps_c64": 12000.0, "rss_mb": 90.0},
         "litellm": {"added_p50_us": 45000.0, "rps_c32": 25.0, "ttft_added_us": 40000.0, "rss_mb": 450.0},
     }
 
 
 def test_every_target_passes_on_good_figures() -> None:
     verdicts = evaluate(figures())
-    assert len(verdicts) == len(TARGETS) == 10
-    assert [v.status for v in verdicts] == ["pass"] * 10
+    assert len(verdicts) == len(TARGETS) == 14
+    assert [v.status for v in verdicts] == ["pass"] * 14
+    assert len({v.label for v in verdicts}) == 14  # a label names one target
     by_label = {v.label: v for v in verdicts}
     assert by_label["req/s at c32 ≥ 30x LiteLLM's"].limit == 750.0
     assert by_label["req/s at c64 ≥ 40 % of direct"].limit == 8000.0
     assert by_label["added latency p50 ≤ 1/100 of LiteLLM's"].limit == 450.0
+    assert by_label["--workers: req/s at c64 ≥ 40 % of direct"].measured == 12000.0
 
 
 @pytest.mark.parametrize(
@@ -120,6 +123,17 @@ def test_targets_without_litellm_are_not_applicable() -> None:
     assert status["RSS ≤ 1/4 of LiteLLM's"] == "n/a"
     assert status["errors at c128 = 0"] == "pass"  # a native figure against a constant
     assert status["RSS ≤ 100 MB"] == "pass"
+
+
+def test_workers_targets_read_the_workers_run() -> None:
+    best = figures()
+    best["native_w"]["rps_c64"] = 7000.0
+    status = {v.label: v.status for v in evaluate(best)}
+    assert status["--workers: req/s at c64 ≥ 40 % of direct"] == "fail"
+    assert status["req/s at c64 ≥ 40 % of direct"] == "pass"  # the single process is judged apart
+    del best["native_w"]
+    status = {v.label: v.status for v in evaluate(best)}
+    assert status["--workers: RSS ≤ 100 MB"] == "n/a"
 
 
 # --------------------------------------------------------------------------- wrk and the client
@@ -203,7 +217,9 @@ def test_options() -> None:
     assert full.rounds == 3 and quick.rounds == 1
     assert quick.native.seq_n < full.native.seq_n and quick.budget_s < full.budget_s
     assert full.native.concurrency == (32, 64, 128) and full.litellm_sizes.concurrency == (32, 128)
-    assert steps(full) == 24 and steps(BenchOptions(litellm=False, rounds=1)) == 7
+    assert full.workers == 2
+    assert steps(full) == 39 and steps(BenchOptions(litellm=False, rounds=1)) == 12
+    assert steps(BenchOptions(litellm=False, rounds=1, workers=1)) == 7
 
 
 # --------------------------------------------------------------------------- report
@@ -227,19 +243,19 @@ def result(with_litellm: bool = True) -> dict[str, Any]:
 
 def test_figure_rows_with_ratios() -> None:
     headers, rows = report.figure_rows(result())
-    assert headers == ["", "direct", "native", "LiteLLM", "native vs LiteLLM"]
+    assert headers == ["", "direct", "native", "native --workers", "LiteLLM", "native vs LiteLLM"]
     by_label = {r[0]: r[1:] for r in rows}
-    assert by_label["added latency p50, µs"] == ["", "+200", "+45,000", "225x"]
-    assert by_label["req/s at concurrency 32"] == ["40,000", "9,000", "25", "360x"]
-    assert by_label["RSS after load, MB"] == ["25.0", "45.0", "450.0", "10x"]
+    assert by_label["added latency p50, µs"] == ["", "+200", "+200", "+45,000", "225x"]
+    assert by_label["req/s at concurrency 32"] == ["40,000", "9,000", "9,000", "25", "360x"]
+    assert by_label["RSS after load, MB"] == ["25.0", "45.0", "90.0", "450.0", "10x"]
     assert by_label["ready after start, s"][:2] == ["0.10", "0.60"]
     assert by_label["errors at concurrency 128"][-1] == ""  # no ratio for error counts
 
 
 def test_figure_rows_without_litellm() -> None:
     headers, rows = report.figure_rows(result(with_litellm=False))
-    assert headers == ["", "direct", "native"]
-    assert all(len(r) == 3 for r in rows)
+    assert headers == ["", "direct", "native", "native --workers"]
+    assert all(len(r) == 4 for r in rows)
 
 
 def test_advantage_below_ten_has_a_decimal() -> None:
@@ -252,10 +268,11 @@ def test_advantage_below_ten_has_a_decimal() -> None:
 def test_tables_markdown_json_and_chart(tmp_path: Path) -> None:
     res = result()
     assert report.figures_table(res).row_count == len(report.ROWS)
-    assert report.targets_table(res).row_count == 10
+    assert report.targets_table(res).row_count == 14
     md = report.markdown(res)
     assert md.startswith("aib bench: 2 CPU (Test CPU)")
-    assert "| added latency p50, µs |  | +200 | +45,000 | 225x |" in md
+    assert "| added latency p50, µs |  | +200 | +200 | +45,000 | 225x |" in md
+    assert "| vs direct | --workers: req/s at c64 ≥ 40 % of direct | 12,000 req/s | ≥ 8,000 req/s | PASS |" in md
     assert "| vs direct | ready ≤ 1.5 s | 0.60 s | ≤ 1.50 s | PASS |" in md
     assert md.rstrip().endswith("- a note")
     path = report.write_json(res, tmp_path / "out" / "r.json")

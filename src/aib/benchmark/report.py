@@ -13,7 +13,12 @@ from rich.table import Table
 
 from aib.benchmark.stats import finite, ratio
 
-ENGINES = (("direct", "direct"), ("native", "native"), ("litellm", "LiteLLM"))
+ENGINES = (
+    ("direct", "direct"),
+    ("native", "native"),
+    ("native_w", "native --workers"),
+    ("litellm", "LiteLLM"),
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ ROWS = (
     Row("errors_c128", "errors at concurrency 128", "{:,.0f}", None),
     Row("lat_p99_ms_c32", "latency p99 at c32, ms", "{:,.2f}"),
     Row("cpu_us_per_req_c32", "CPU per request at c32, µs", "{:,.0f}"),
+    Row("machine_us_per_req_c64", "machine CPU per request at c64, µs", "{:,.0f}"),
     Row("ttft_p50_us", "time to first token p50, µs", "{:,.0f}"),
     Row("ttft_added_us", "added time to first token, µs", "{:+,.0f}", direct=False),
     Row("stream_added_us", "added full-stream time, µs", "{:+,.0f}", direct=False),
@@ -145,7 +151,7 @@ def write_chart(result: Mapping[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     best = result["best"]
-    colours = {"direct": "#7f7f7f", "native": "#2ca02c", "litellm": "#d62728"}
+    colours = {"direct": "#7f7f7f", "native": "#2ca02c", "native_w": "#1f77b4", "litellm": "#d62728"}
     names = [k for k, _ in ENGINES if k in best]
     labels = dict(ENGINES)
     panels = [

@@ -5,7 +5,7 @@ Everything is a separate process on 127.0.0.1, started and stopped here by PID:
 
 * the fake (``python -m aib.devtools.fake_openai``: 8 chunks per stream, 1 ms apart);
 * the native engine as users run it (``aib serve`` on a free port; default request log, access log and
-  metrics; its own working folder);
+  metrics; its own working folder), then the same with ``--workers N`` (``native_w``, default 2);
 * the LiteLLM engine (``aib serve --engine litellm``) when LiteLLM is installed, unless ``litellm=False``.
 
 Per engine: time from start to the first answered request; sequential latency over one keep-alive
@@ -104,6 +104,7 @@ class BenchOptions:
     native: Sizes = NATIVE
     litellm_sizes: Sizes = LITELLM
     direct_concurrency: tuple[int, ...] = (32, 64, 128)
+    workers: int = 2  # also measure `aib serve --workers N` ("native_w"); 1: not
 
     @classmethod
     def quick(cls) -> BenchOptions:
@@ -191,6 +192,8 @@ class Bench:
     def start_engine(self, engine: str, sizes: Sizes) -> tuple[Proc, int, float]:
         port = free_port()
         cmd = [*aib_command(), "serve", "-c", str(self.config_dir), "--port", str(port)]
+        if engine == "native_w":
+            cmd += ["--workers", str(self.opts.workers)]
         if engine == "litellm":
             cmd += ["--engine", "litellm", "--litellm-direct"]  # LiteLLM itself, not behind aib's front
         cwd = self.workdir / f"{engine}-cwd"  # the request log (var/requests.db) lands here
@@ -203,7 +206,7 @@ class Bench:
             cwd=cwd,
             exclude_root=engine == "litellm",
         )
-        interval = 0.01 if engine == "native" else 0.1
+        interval = 0.1 if engine == "litellm" else 0.01
         try:
             ready_s = wait_ready(proc, lambda: first_ok(port, BODY, 10), sizes.ready_timeout_s, interval)
         except BaseException:
@@ -231,6 +234,9 @@ class Bench:
             f"lat_p99_ms{c}": res["lat_p99_ms"],
             f"cpu_us_per_req{c}": (target.cpu_s() - cpu0) / max(1.0, res["requests"]) * 1e6,
             f"foreign_cpu_pct{c}": max(0.0, foreign / (wall * (os.cpu_count() or 1)) * 100),
+            # every process of the machine (load generator, fake, engine, ...): what one request costs
+            # the machine, so ncpu / this is the most the machine can serve
+            f"machine_us_per_req{c}": (cpu_busy_s() - busy0) / max(1.0, res["requests"]) * 1e6,
         }
 
     def measure_direct_load(self) -> None:
@@ -331,7 +337,7 @@ def litellm_problem() -> str | None:
 
 def steps(opts: BenchOptions) -> int:
     """How many phases a run reports (for a progress bar)."""
-    return opts.rounds * 6 + (5 if opts.litellm else 0) + 1
+    return opts.rounds * (11 if opts.workers > 1 else 6) + (5 if opts.litellm else 0) + 1
 
 
 def run_bench(opts: BenchOptions, phase: Phase = lambda _: None) -> dict[str, Any]:
@@ -341,6 +347,7 @@ def run_bench(opts: BenchOptions, phase: Phase = lambda _: None) -> dict[str, An
     workdir = Path(tempfile.mkdtemp(prefix="aib-bench-"))
     bench = Bench(opts, workdir, phase)
     native, litellm = EngineRun("native"), EngineRun("litellm")
+    native_w = EngineRun("native_w")
     notes: list[str] = [] if opts.litellm else ["LiteLLM: skipped (--no-litellm)"]
     failed = False
     try:
@@ -351,14 +358,17 @@ def run_bench(opts: BenchOptions, phase: Phase = lambda _: None) -> dict[str, An
                 break
             bench.measure_direct_load()
             bench.run_engine(native, opts.native)
+            if opts.workers > 1:
+                bench.run_engine(native_w, opts.native)
             if rnd == 0 and opts.litellm:
                 problem = litellm_problem()
                 if problem is None:
                     bench.run_engine(litellm, opts.litellm_sizes)
                 else:
                     notes.append(f"LiteLLM: not measured: {problem}")
-        failed = native.error is not None or litellm.error is not None
-        notes += [f"{r.name} failed: {r.error}" for r in (native, litellm) if r.error]
+        runs = (native, native_w, litellm)
+        failed = any(r.error is not None for r in runs)
+        notes += [f"{r.name} failed: {r.error}" for r in runs if r.error]
         if failed:
             notes.append(f"logs of the processes kept in {workdir}")
     finally:
@@ -367,6 +377,8 @@ def run_bench(opts: BenchOptions, phase: Phase = lambda _: None) -> dict[str, An
         if not failed:
             shutil.rmtree(workdir, ignore_errors=True)
     engines = {"direct": bench.direct, "native": native}
+    if opts.workers > 1:
+        engines["native_w"] = native_w
     if opts.litellm:
         engines["litellm"] = litellm
     best = {name: best_of(r.rounds) for name, r in engines.items() if r.rounds}

@@ -108,6 +108,10 @@ TARGETS: tuple[Target, ...] = (
     Target("vs direct", "added TTFT ≤ 1 ms", "<=", _get("native", "ttft_added_us"), _const(1000), "µs"),
     Target("vs direct", "RSS ≤ 100 MB", "<=", _get("native", "rss_mb"), _const(100), "MB"),
     Target("vs direct", "ready ≤ 1.5 s", "<=", _get("native", "ready_s"), _const(1.5), "s"),
+    Target("vs direct", "--workers: req/s at c64 ≥ 40 % of direct", ">=", _get("native_w", "rps_c64"), _scaled("direct", "rps_c64", 0.4), "req/s"),
+    Target("vs direct", "--workers: added latency p50 ≤ 0.3 ms", "<=", _get("native_w", "added_p50_us"), _const(300), "µs"),
+    Target("vs direct", "--workers: RSS ≤ 100 MB", "<=", _get("native_w", "rss_mb"), _const(100), "MB"),
+    Target("vs direct", "--workers: ready ≤ 1.5 s", "<=", _get("native_w", "ready_s"), _const(1.5), "s"),
 )  # fmt: skip
 
 

@@ -43,6 +43,10 @@ def bench(
     out_dir: Annotated[
         Path, typer.Option("--out-dir", help="Where gateway_bench.json, .md and .png go.")
     ] = Path("bench/results"),
+    workers: Annotated[
+        int,
+        typer.Option(min=1, max=16, help="Also measure `aib serve --workers N` (1: do not). Default 2."),
+    ] = 2,
     no_chart: Annotated[bool, typer.Option("--no-chart", help="Do not draw the PNG chart.")] = False,
     check: Annotated[bool, typer.Option("--check", help="Exit 1 when a target fails.")] = False,
     as_json: JsonOpt = False,
@@ -72,7 +76,14 @@ def bench(
         native = replace(
             native, stream_n=streams, stream_warmup=min(native.stream_warmup, max(2, streams // 5))
         )
-    opts = replace(opts, native=native, litellm=not no_litellm, loader=loader, rounds=rounds or opts.rounds)
+    opts = replace(
+        opts,
+        native=native,
+        litellm=not no_litellm,
+        loader=loader,
+        rounds=rounds or opts.rounds,
+        workers=workers,
+    )
 
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
