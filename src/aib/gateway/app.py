@@ -74,9 +74,11 @@ class Gateway:
         # router, like the LiteLLM front, lists the real configuration's names instead)
         self.catalog: Callable[[], list[tuple[str, str]]] | None = None
         self._routes: dict[str, dict[str, Handler]] = {}
+        self._proxied: dict[str, str] = {}  # path -> endpoint, served before any other lookup
         for ep in PROXIED:
             for prefix in ("/v1/", "/"):
                 self._routes[prefix + ep] = {"POST": _make_proxy_handler(ep)}
+                self._proxied[prefix + ep] = ep
         for prefix in ("/v1", ""):
             self._routes[prefix + "/models"] = {"GET": Gateway.models}
         self._routes["/health"] = {"GET": Gateway.health_full}
@@ -114,7 +116,11 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self.http(scope, receive, send)
+            ep = self._proxied.get(scope["path"])
+            if ep is not None and scope["method"] == "POST":  # the request path: no more dispatch
+                await self.proxy_request(ep, scope, receive, send)
+            else:
+                await self.http(scope, receive, send)
         elif kind == "lifespan":
             await self.lifespan(receive, send)
 
@@ -223,7 +229,12 @@ class Gateway:
 
     async def proxy_request(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
         plan = self.plan
-        rid = _header(scope, b"x-request-id")
+        rid = declared = None
+        for k, v in scope["headers"]:  # one pass for both headers the gateway reads
+            if k == b"x-request-id":
+                rid = v.decode("latin-1")
+            elif k == b"content-length":
+                declared = v
         if not rid or len(rid) > 128 or not rid.isascii() or not rid.isprintable():
             # unique and cheaper than uuid4; 32 hex digits because llama-cpp-python answers 400 to an
             # x-request-id that does not parse as a UUID
@@ -232,7 +243,7 @@ class Gateway:
         t0 = time.perf_counter()
         self.inflight += 1
         try:
-            body = await read_body(scope, receive, self.settings.max_body_bytes)
+            body = await read_body(scope, receive, self.settings.max_body_bytes, declared)
             if self.keep_bodies:
                 record.request_body = body
             ext = scope.get("extensions")
@@ -382,8 +393,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    declared = _header(scope, b"content-length")
+async def read_body(scope: Scope, receive: Receive, limit: int, declared: bytes | None = b"?") -> bytes:
+    """The whole body (at most ``limit`` bytes). ``declared``: the Content-Length header when the
+    caller already looked it up (None: there is none); by default it is looked up here."""
+    if declared == b"?":
+        h = _header(scope, b"content-length")
+        declared = h.encode("latin-1") if h is not None else None
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []

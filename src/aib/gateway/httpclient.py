@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import httptools
 
 MAX_BODY = 64 * 1024 * 1024
+INF = float("inf")
 PAUSE_AT = 1024 * 1024  # unread stream bytes before reading from the upstream pauses
 
 
@@ -53,6 +54,8 @@ class _Conn(asyncio.Protocol):
         "_error",
         "_headers_done",
         "_paused",
+        "_deadline",
+        "_deadline_at",
         "_timer",
         "_waiter",
         "activity",
@@ -79,6 +82,8 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self.loop = asyncio.get_running_loop()  # the protocol factory runs inside the loop
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = INF  # loop time the exchange must end by
+        self._deadline_at = INF  # when the armed deadline timer fires (INF: none armed)
         # one parser for the connection's life: llhttp parses keep-alive responses one after another
         self.parser = httptools.HttpResponseParser(self)
         self._reset()
@@ -169,9 +174,16 @@ class _Conn(asyncio.Protocol):
 
     # timers -------------------------------------------------------------------------------
     def set_deadline(self, when: float | None) -> None:
-        """Fail the exchange with TimeoutError at loop time ``when`` (None: no limit)."""
+        """Fail the exchange with TimeoutError at loop time ``when`` (None: no limit).
+
+        Moving a deadline later keeps the timer armed (it re-arms itself if it fires early): one
+        timer per request instead of one per step."""
+        if when is not None and self._timer is not None and self._deadline_at <= when:
+            self._deadline = when
+            return
         self.cancel_timer()
         if when is not None:
+            self._deadline = self._deadline_at = when
             self._timer = self.loop.call_at(when, self._deadline_passed)
 
     def set_idle_timeout(self, seconds: float) -> None:
@@ -185,11 +197,18 @@ class _Conn(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._deadline_at = INF  # no deadline timer armed
 
     def _deadline_passed(self) -> None:
         self._timer = None
-        if not self._complete:
-            self._fail(TimeoutError("deadline passed"))
+        self._deadline_at = INF
+        if self._complete:
+            return
+        if self._deadline > self.loop.time():  # moved later since the timer was armed
+            self._deadline_at = self._deadline
+            self._timer = self.loop.call_at(self._deadline, self._deadline_passed)
+            return
+        self._fail(TimeoutError("deadline passed"))
 
     def _idle_check(self) -> None:
         self._timer = None

@@ -193,7 +193,8 @@ class _Request:
                 raise RuntimeError("http.response.start sent twice")
             self.started = True
             self.status = message["status"]
-            self.headers = list(message.get("headers", ()))
+            headers = message.get("headers", ())
+            self.headers = headers if type(headers) is list else list(headers)  # any iterable (ASGI)
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
 

@@ -43,11 +43,15 @@ class CircuitBreaker:
 
     def allows(self, now: float | None = None) -> bool:
         """May a request go to this deployment now? (Does not reserve the half-open trial.)"""
+        if self.state == "closed":  # the common case, first
+            return True
         st = self.current(now)
         return st == "closed" or (st == "half_open" and not self._trial_in_flight)
 
     def acquire(self, now: float | None = None) -> bool:
         """Reserve the right to send: always in closed, once per cool-down in half-open."""
+        if self.state == "closed":
+            return True
         st = self.current(now)
         if st == "closed":
             return True
