@@ -272,7 +272,9 @@ def test_tables_markdown_json_and_chart(tmp_path: Path) -> None:
     md = report.markdown(res)
     assert md.startswith("aib bench: 2 CPU (Test CPU)")
     assert "| added latency p50, µs |  | +200 | +200 | +45,000 | 225x |" in md
-    assert "| vs direct | --workers: req/s at c64 ≥ 40 % of direct | 12,000 req/s | ≥ 8,000 req/s | PASS |" in md
+    assert (
+        "| vs direct | --workers: req/s at c64 ≥ 40 % of direct | 12,000 req/s | ≥ 8,000 req/s | PASS |" in md
+    )
     assert "| vs direct | ready ≤ 1.5 s | 0.60 s | ≤ 1.50 s | PASS |" in md
     assert md.rstrip().endswith("- a note")
     path = report.write_json(res, tmp_path / "out" / "r.json")

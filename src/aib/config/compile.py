@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
 from aib.config.check import check_config, glob_regex
 from aib.config.errors import ConfigError, ConfigIssue
 from aib.config.litellm_sdk import SdkOptions
-from aib.config.load import LoadedConfig, load_config
+from aib.config.load import LoadedConfig, load_config, load_from_bytes, resolve_config_dir
 from aib.config.plan import (
     DEFAULT_HEALTH_PATHS,
     CompiledPattern,
@@ -186,9 +187,17 @@ def _target(provider: str, upstream: str, weight: float) -> Target:
     return Target(f"{provider}/{upstream}", provider, upstream, weight)
 
 
-def build_plan(config_dir: str | Path | None = None) -> tuple[RoutingPlan, LoadedConfig, list[ConfigIssue]]:
-    """Load, check and compile in one call. Returns the plan, the loaded files and the warnings."""
-    cfg = load_config(config_dir)
+def build_plan(
+    config_dir: str | Path | None = None, content: tuple[bytes, bytes, tuple[str, str]] | None = None
+) -> tuple[RoutingPlan, LoadedConfig, list[ConfigIssue]]:
+    """Load, check and compile in one call. Returns the plan, the loaded files and the warnings.
+
+    ``content``: both files' bytes and display names, already read (a worker that follows another's
+    configuration); ``config_dir`` is then only where they belong."""
+    if content is None:
+        cfg = load_config(config_dir)
+    else:
+        cfg = replace(load_from_bytes(*content), config_dir=resolve_config_dir(config_dir))
     issues = check_config(cfg)
     errors = [i for i in issues if i.severity == "error"]
     if errors:

@@ -43,7 +43,14 @@ def build_gateway(
     """The gateway for ``settings``, with metrics, access log and request log (``observe``, default from
     env); ``worker``: one worker of ``aib serve --workers N`` (shared metrics, leader or follower)."""
     cdir = choose_config_dir(settings.config_dir)
-    plan, cfg, warnings = build_plan(cdir)
+    content = None
+    if worker is not None and not worker.leader:  # a follower serves what the leader applied
+        from aib.reload.cluster import Cluster
+
+        published = Cluster(Path(worker.run_dir), False, worker.supervisor_pid).read_published()
+        if published is not None and published.providers is not None and published.mappings is not None:
+            content = (published.providers, published.mappings, published.names)
+    plan, cfg, warnings = build_plan(cdir, content)
     for w in warnings:
         log.warning("%s", w)
     log.info(

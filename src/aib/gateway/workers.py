@@ -92,6 +92,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _ignore_sighup() -> None:  # runs in the child between fork and exec: the supervisor has no threads
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 @dataclass
 class _Worker:
     index: int
@@ -127,7 +131,9 @@ class Supervisor:
         self.run_dir: Path | None = None
         self.signals: list[int] = []
         self.stopping = False
-        self.restarts = 0
+        self.restarts = 0  # worker exits followed by a restart
+        self.started = False  # every worker got ready once
+        self._reload_pending = False
         self._pause: dict[int, float] = {}  # index -> pause before its next restart
         self._next_start: dict[int, float] = {}
         self._wake_r, self._wake_w = -1, -1
@@ -168,6 +174,10 @@ class Supervisor:
         code = self._wait_ready()
         if code is not None:
             return code
+        self.started = True
+        if self._reload_pending:  # asked for while the workers were starting
+            self._reload_pending = False
+            self._send(0, signal.SIGHUP)
         port = self.sock.getsockname()[1] if self.sock else self.port
         pids = ", ".join(str(w.proc.pid) for w in self.workers.values())
         log.info("gateway listening on http://%s:%d (%d workers: %s)", self.host, port, self.count, pids)
@@ -201,7 +211,7 @@ class Supervisor:
     def _wait_ready(self) -> int | None:
         """Until every worker listens; the leader's exit code when it cannot start."""
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not all(w.ready for w in self.workers.values()):
+        while len(self.workers) < self.count or not all(w.ready for w in self.workers.values()):
             if time.monotonic() > deadline:
                 log.error("the workers did not get ready within %.0fs", READY_TIMEOUT_S)
                 return 1
@@ -224,8 +234,12 @@ class Supervisor:
                 if self.stopping:  # a second one: the workers stop at once too
                     self._send_all(signal.SIGTERM)
                 self.stopping = True
-            elif sig == signal.SIGHUP:
-                self._send(0, signal.SIGHUP)
+            elif sig == signal.SIGHUP:  # a reload: the leader runs it (once it can)
+                leader = self.workers.get(0)
+                if leader is not None and leader.ready:
+                    self._send(0, signal.SIGHUP)
+                else:
+                    self._reload_pending = True
             elif sig == signal.SIGUSR1:  # the leader applied a configuration: the others load it
                 for i in self.workers:
                     if i != 0:
@@ -260,6 +274,10 @@ class Supervisor:
                 pass_fds=(self.sock.fileno(), ready_w),
                 # a Ctrl-C in the terminal reaches the supervisor only, which drains the workers
                 process_group=0,
+                # a SIGHUP (a reload relayed) before the worker's handler is set must not kill it;
+                # an ignored signal stays ignored across exec, until the worker sets its handler
+                # (it reads the published configuration after that, so nothing is missed)
+                preexec_fn=_ignore_sighup,
             )
         except OSError as exc:
             os.close(ready_r)
@@ -286,8 +304,8 @@ class Supervisor:
                 pause = min(self._pause.get(i, 0.5) * 2, MAX_PAUSE_S) if quick else 0.0
                 self._pause[i] = pause if quick else 0.5
                 self._next_start[i] = now + pause
-                starting = not all(x.ready for x in self.workers.values()) or not w.ready
-                if starting and code == EXIT_BAD_CONFIG and i != 0:
+                self.restarts += 1
+                if not self.started and code == EXIT_BAD_CONFIG and i != 0:
                     continue  # the same files as the leader's: its exit code says what happens next
                 log.error(
                     "worker %d (pid %d) exited with code %s; restarting it%s",
@@ -297,7 +315,6 @@ class Supervisor:
                     f" in {pause:.0f}s" if pause else "",
                 )
             if now >= self._next_start.get(i, 0.0):
-                self.restarts += 1 if w is not None else 0
                 self._start(i)
 
     def _send(self, index: int, sig: int) -> None:
@@ -418,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             a["count"], a["host"], a["port"], cdir, a["health_checks"], a["log_level"], a["drain_s"]
         )
         return sup.run()
-    print(f"{__name__} runs `aib serve --workers N`; start that instead", file=sys.stderr)
+    print("aib.gateway.workers runs `aib serve --workers N`; start that instead", file=sys.stderr)
     return 2
 
 

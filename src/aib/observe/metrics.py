@@ -267,6 +267,8 @@ class MetricsObserver:
 
 def _add(a: Any, b: Any) -> Any:
     if isinstance(a, list):
+        if not isinstance(b, list) or len(a) != len(b):  # another version's buckets: not addable
+            return a
         return [_add(x, y) for x, y in zip(a, b, strict=True)]
     return a + b
 
