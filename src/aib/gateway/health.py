@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from aib.config.plan import ProviderInfo, RoutingPlan
+from aib.gateway.httpclient import ConnectError, UpstreamError
 from aib.gateway.upstream import UpstreamPool
 from aib.providers import kind_for
 from aib.routing.state import RuntimeState
@@ -75,16 +75,10 @@ class HealthMonitor:
     async def probe(self, info: ProviderInfo) -> bool:
         kind = kind_for(info.type)
         h = self.state.provider(info.name)
-        session = self.pool.session(info)
-        headers = self.pool.headers(info)
         started = time.perf_counter()
         payload: Any = None
         try:
-            async with session.get(
-                info.health_url, headers=headers, timeout=aiohttp.ClientTimeout(total=info.health.timeout_s)
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
+            status, raw = await self.pool.probe_get(info, info.health_url, info.health.timeout_s)
             with contextlib.suppress(orjson.JSONDecodeError):
                 payload = orjson.loads(raw) if raw else None
             ok, reason = kind.healthy(status, payload)
@@ -98,9 +92,9 @@ class HealthMonitor:
                 h.last_error = f"probe timed out while {busy} request(s) were in flight: busy, kept as is"
                 return bool(h.usable)
             ok, reason = False, f"no answer within {info.health.timeout_s:g}s"
-        except aiohttp.ClientConnectorError as exc:
-            ok, reason = False, f"cannot connect: {exc.os_error}"
-        except (aiohttp.ClientError, OSError) as exc:
+        except ConnectError as exc:
+            ok, reason = False, str(exc)  # "cannot connect to host:port: Connection refused", ...
+        except (UpstreamError, OSError) as exc:
             ok, reason = False, f"{type(exc).__name__}: {exc}"
         was = h.healthy
         h.healthy = ok
@@ -121,14 +115,13 @@ class HealthMonitor:
         h = self.state.provider(info.name)
         try:
             if payload is None:
-                async with self.pool.session(info).get(
-                    info.base_url + kind.discovery_path,
-                    headers=self.pool.headers(info),
-                    timeout=aiohttp.ClientTimeout(total=info.health.timeout_s),
-                ) as resp:
-                    payload = orjson.loads(await resp.read())
+                url = info.base_url + kind.discovery_path
+                status, raw = await self.pool.probe_get(info, url, info.health.timeout_s)
+                if status != 200:
+                    raise ValueError(f"GET {kind.discovery_path} answered {status}")
+                payload = orjson.loads(raw)
             models = kind.parse_models(payload)
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        except (UpstreamError, OSError, TimeoutError, ValueError) as exc:
             log.warning("model discovery on %s failed: %s", info.name, exc)
             return
         if models != h.models:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import httptools
 
 MAX_BODY = 64 * 1024 * 1024
+PROBE_MAX_BODY = 16 * 1024 * 1024  # a model list (Ollama's /api/tags of hundreds of models is ~200 KB)
 INF = float("inf")
 PAUSE_AT = 1024 * 1024  # unread stream bytes before reading from the upstream pauses
 
@@ -373,6 +374,22 @@ class Pool:
                 raise
             return Response(self, conn)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get(self, target: str, headers: dict[str, str], timeout_s: float) -> tuple[int, bytes]:
+        """``GET target`` (a path, with its query) and the whole answer, within ``timeout_s`` in all.
+        For health probes and model discovery: off the request path, so nothing is cached."""
+        loop = self._loop()
+        deadline = loop.time() + timeout_s
+        lines = [f"GET {self.prefix}{target} HTTP/1.1", f"host: {self.host_header}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        resp = await self.request(head, b"", b"", timeout_s, deadline)
+        try:
+            resp.set_deadline(deadline)
+            body = await resp.read(PROBE_MAX_BODY)
+        finally:
+            resp.release()
+        return resp.status, body
 
     async def _acquire(
         self, connect_timeout_s: float, fresh: bool = False, deadline: float | None = None

@@ -1,15 +1,16 @@
-"""Pooled keep-alive connections to the providers: one aiohttp session per provider.
+"""Pooled keep-alive connections to the providers (:mod:`aib.gateway.httpclient`).
 
-Sessions are created on first use and kept across reloads while the provider's address is the same;
-a provider that disappears from the config is drained (its in-flight requests finish) and closed.
+Per provider, two pools: one for requests (``http``, at the API base) and a small one for health
+probes and model discovery (``probes``, at the server's origin: Ollama's ``/api/tags`` lies outside
+its ``/v1`` API base). Pools are created on first use and kept across reloads while the provider's
+address is the same; a provider that disappears from the config stops taking new requests and its
+connections close as their requests end. (The probes used aiohttp until it turned out to be the
+largest import of the gateway process: ~25 MB of its RSS.)
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
-import aiohttp
+from urllib.parse import urlsplit
 
 from aib import __version__
 from aib.config.plan import ProviderInfo
@@ -17,17 +18,17 @@ from aib.gateway.httpclient import Pool
 from aib.providers import kind_for
 
 USER_AGENT = f"ai-backend-unified/{__version__}"
+PROBE_CONNECTIONS = 2  # probes and discovery of one provider, one after the other
 
 
 class UpstreamPool:
-    """Per provider: a fast :class:`~aib.gateway.httpclient.Pool` for requests, an aiohttp session for probes."""
+    """Per provider: a :class:`~aib.gateway.httpclient.Pool` for requests and a small one for probes."""
 
     def __init__(self) -> None:
         self._pools: dict[str, tuple[str, int, Pool]] = {}
         self._heads: dict[tuple[str, str], bytes] = {}
-        self._sessions: dict[str, tuple[str, aiohttp.ClientSession]] = {}
+        self._probes: dict[str, tuple[str, Pool]] = {}
         self._headers: dict[str, dict[str, str]] = {}
-        self._closing: set[asyncio.Task[None]] = set()
 
     def http(self, info: ProviderInfo) -> Pool:
         """The request-path pool of a provider (created on first use, replaced when its address changes)."""
@@ -53,28 +54,21 @@ class UpstreamPool:
             head = self._heads[key] = self.http(info).request_head("POST", f"/{endpoint}", self.headers(info))
         return head
 
-    def session(self, info: ProviderInfo) -> aiohttp.ClientSession:
-        entry = self._sessions.get(info.name)
-        if entry is not None and entry[0] == info.base_url:
-            return entry[1]
-        if entry is not None:  # same name, new address: drain the old pool in the background
-            self._retire(entry[1])
-        connector = aiohttp.TCPConnector(
-            limit=info.max_connections,
-            limit_per_host=info.max_connections,
-            ttl_dns_cache=300,
-            keepalive_timeout=30,
-        )
-        sess = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("Accept-Encoding", "User-Agent"),
-            headers={"user-agent": USER_AGENT},
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
-        self._sessions[info.name] = (info.base_url, sess)
-        return sess
+    def probes(self, info: ProviderInfo, url: str) -> tuple[Pool, str]:
+        """The probe pool of a provider and the request target of ``url`` (path and query)."""
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        entry = self._probes.get(info.name)
+        if entry is None or entry[0] != origin:
+            if entry is not None:  # same name, new address
+                entry[1].close()
+            entry = self._probes[info.name] = (origin, Pool(origin, limit=PROBE_CONNECTIONS))
+        return entry[1], (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    async def probe_get(self, info: ProviderInfo, url: str, timeout_s: float) -> tuple[int, bytes]:
+        """``GET url`` with the provider's headers: status and body (raises like the request pool)."""
+        pool, target = self.probes(info, url)
+        return await pool.get(target, {"user-agent": USER_AGENT, **self.headers(info)}, timeout_s)
 
     def headers(self, info: ProviderInfo) -> dict[str, str]:
         """Static request headers of a provider (auth included), computed once per provider."""
@@ -90,10 +84,9 @@ class UpstreamPool:
         self._heads.clear()
 
     def retain(self, names: set[str], drain_s: float = 30.0) -> None:
-        """Close, after a grace period, the sessions of providers no longer configured."""
-        for name in [n for n in self._sessions if n not in names]:
-            _, sess = self._sessions.pop(name)
-            self._retire(sess, drain_s)
+        """Retire the pools of providers no longer configured (requests in flight finish)."""
+        for name in [n for n in self._probes if n not in names]:
+            self._probes.pop(name)[1].close()
         for name in [n for n in self._pools if n not in names]:
             self._retire_pool(self._pools.pop(name)[2])
 
@@ -101,24 +94,10 @@ class UpstreamPool:
         """Stop handing out connections now; idle ones close at once, busy ones when their request ends."""
         pool.close()
 
-    def _retire(self, sess: aiohttp.ClientSession, drain_s: float = 30.0) -> None:
-        async def close_later() -> None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(drain_s)  # in-flight requests hold their own reference
-            await sess.close()
-
-        task = asyncio.get_running_loop().create_task(close_later())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
     async def close(self) -> None:
-        for task in list(self._closing):
-            task.cancel()
-        for _, sess in self._sessions.values():
-            await sess.close()
-        self._sessions.clear()
+        for _, pool in self._probes.values():
+            pool.close()
+        self._probes.clear()
         for _, _, pool in self._pools.values():
             pool.close()
         self._pools.clear()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
