@@ -1,6 +1,6 @@
 """`aib ui`: starts the web UI on 127.0.0.1, says clearly what is wrong otherwise.
 
-One test runs the real command as a child process (stopped by PID with SIGINT, like Ctrl-C); the
+One test runs the real command as a child process (stopped by PID with SIGINT, like Ctrl-C, and with SIGTERM, like systemd); the
 others run it in-process through typer's CliRunner and exit before anything listens.
 """
 
@@ -63,7 +63,8 @@ def test_without_the_ui_extra_the_command_says_what_to_install(monkeypatch: pyte
     assert "the web UI needs gradio: install the ui extra (pip install -e '.[ui]')" in result.output
 
 
-def test_aib_ui_serves_the_page_until_interrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_aib_ui_serves_the_page_until_interrupted(tmp_path: Path, sig: signal.Signals) -> None:
     port = free_port()
     log = tmp_path / "ui.log"
     with log.open("wb") as out:
@@ -85,7 +86,7 @@ def test_aib_ui_serves_the_page_until_interrupted(tmp_path: Path) -> None:
         assert "<!doctype html>" in page, log.read_text()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as resp:
             assert '"title":"aib · ai-backend-unified"' in resp.read().decode()
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.send_signal(sig)  # Ctrl-C, or systemd stopping the unit: both stop it cleanly
         assert proc.wait(timeout=20) == 0
     finally:
         if proc.poll() is None:
@@ -94,7 +95,7 @@ def test_aib_ui_serves_the_page_until_interrupted(tmp_path: Path) -> None:
     text = log.read_text()
     assert f"web UI on http://127.0.0.1:{port}" in text and "request log off" in text
     assert "warning: nothing answers at" in text
-    assert "Traceback" not in text
+    assert "Traceback" not in text and text.rstrip().endswith("web UI stopped")
 
 
 def test_aib_ui_in_process_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import time
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -145,14 +147,32 @@ def launch_ui(demo: gr.Blocks, port: int = 5001, *, block: bool = True, quiet: b
         )
         return str(url).rstrip("/")
 
-    url = _with_running_loop(start)
-    if block:
-        try:
-            while demo.is_running:
-                time.sleep(0.2)
-        except KeyboardInterrupt:  # Ctrl-C: a normal way to stop; the caller closes the UI
+    if not block:
+        return _with_running_loop(start)
+    with _stop_signals() as stop:  # set before starting: a Ctrl-C while Gradio starts waits its turn
+        url = _with_running_loop(start)
+        while demo.is_running and not stop.wait(0.2):
             pass
     return url
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[threading.Event]:
+    """An event that Ctrl-C and SIGTERM set (in the main thread; elsewhere nothing sets it).
+
+    A KeyboardInterrupt raised at a random point can land inside a library closing an event loop
+    (``asyncio.run`` finishing: its self-pipe closed, the loop not yet marked closed); that loop then
+    prints a ``ValueError: Invalid file descriptor: -1`` traceback when it is collected."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def close_ui(demo: gr.Blocks) -> None:
