@@ -639,3 +639,26 @@ def test_supervisor_when_workers_cannot_start(
         pytest.fail(f"exit code {code}: {caplog.messages}")
     assert "the workers did not get ready within 0s" in caplog.messages
     assert sup.run_dir is not None and not sup.run_dir.exists()
+
+
+def test_a_reload_asked_for_while_starting_waits_for_the_leader(
+    fake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP (``systemctl reload``) before the leader is ready is not sent to a worker that cannot take
+    it yet: it goes to the leader once every worker is ready, once."""
+    monkeypatch.setenv(FAKE_MODE_ENV, "slow-ready")
+    sup = Supervisor(2, HOST, 0, None, drain_s=5.0)
+
+    def driver(s: Supervisor) -> None:
+        wait_until(lambda: all(fake_notes(fake, i) for i in (0, 1)), 10, what="two workers started")
+        assert not any(w.ready for w in s.workers.values())
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_until(lambda: s.started, 10, what="every worker ready")
+        wait_until(lambda: "HUP" in [n for _, n in fake_notes(fake, 0)], 5, what="the leader's SIGHUP")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    assert run_supervisor(sup, driver) == 0
+    leader = [n for _, n in fake_notes(fake, 0)]
+    assert leader.index("HUP") > next(i for i, n in enumerate(leader) if n.startswith("ready"))
+    assert leader.count("HUP") == 1
+    assert "HUP" not in [n for _, n in fake_notes(fake, 1)]  # a follower hears of applied configs only
