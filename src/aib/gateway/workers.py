@@ -175,9 +175,6 @@ class Supervisor:
         if code is not None:
             return code
         self.started = True
-        if self._reload_pending:  # asked for while the workers were starting
-            self._reload_pending = False
-            self._send(0, signal.SIGHUP)
         port = self.sock.getsockname()[1] if self.sock else self.port
         pids = ", ".join(str(w.proc.pid) for w in self.workers.values())
         log.info("gateway listening on http://%s:%d (%d workers: %s)", self.host, port, self.count, pids)
@@ -207,6 +204,9 @@ class Supervisor:
             w.ready = True
         os.close(w.ready_r)
         w.ready_r = -1
+        if w.ready and w.index == 0 and self._reload_pending:  # asked for while the leader started
+            self._reload_pending = False
+            self._send(0, signal.SIGHUP)
 
     def _wait_ready(self) -> int | None:
         """Until every worker listens; the leader's exit code when it cannot start."""
