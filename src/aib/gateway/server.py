@@ -166,7 +166,10 @@ def _freeze() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
-async def _serve_worker(app: Gateway, settings: GatewaySettings, spec: WorkerSpec) -> None:
+async def _serve_worker(
+    app: Gateway, settings: GatewaySettings, spec: WorkerSpec, stop: asyncio.Event | None = None
+) -> None:
+    """Serve as one worker until SIGINT/SIGTERM, ``stop``, or the supervisor's exit."""
     sock = socket.socket(fileno=spec.listen_fd)
     also: tuple[socket.socket, ...] = ()
     if spec.leader:  # followers forward admin reloads here (aib.reload.cluster)
@@ -178,7 +181,7 @@ async def _serve_worker(app: Gateway, settings: GatewaySettings, spec: WorkerSpe
         unix.bind(str(path))
         unix.listen(64)
         also = (unix,)
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def orphaned() -> None:  # the supervisor is gone (killed): stop like on SIGTERM
