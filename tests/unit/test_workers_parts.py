@@ -662,3 +662,18 @@ def test_a_reload_asked_for_while_starting_waits_for_the_leader(
     assert leader.index("HUP") > next(i for i, n in enumerate(leader) if n.startswith("ready"))
     assert leader.count("HUP") == 1
     assert "HUP" not in [n for _, n in fake_notes(fake, 1)]  # a follower hears of applied configs only
+
+
+def test_run_dirs_of_killed_supervisors_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aib.gateway.workers import RUN_DIR_PREFIX, _remove_stale_run_dirs
+
+    monkeypatch.setattr(workers_mod.tempfile, "gettempdir", lambda: str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{RUN_DIR_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{RUN_DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{RUN_DIR_PREFIX}notapid-x"
+    for d in (stale, live, other):
+        (d / "metrics").mkdir(parents=True)
+    _remove_stale_run_dirs()
+    assert not stale.exists() and live.exists() and other.exists()

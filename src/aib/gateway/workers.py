@@ -46,6 +46,7 @@ QUICK_EXIT_S = 10.0  # a worker that exits sooner than this after its start is r
 MAX_PAUSE_S = 30.0
 EXIT_BAD_CONFIG = 2
 BACKLOG = 2048
+RUN_DIR_PREFIX = "aib-serve-"  # then the supervisor's PID: <tmp>/aib-serve-<pid>-<random>
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,21 @@ def bind(host: str, port: int) -> socket.socket:
 
 def _ignore_sighup() -> None:  # runs in the child between fork and exec: the supervisor has no threads
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _remove_stale_run_dirs() -> None:
+    """Run folders of supervisors that were killed (SIGKILL leaves no chance to clean up)."""
+    root = Path(tempfile.gettempdir())
+    for path in root.glob(f"{RUN_DIR_PREFIX}*-*"):
+        pid = path.name.removeprefix(RUN_DIR_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir() or path.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # pragma: no cover - a live process of another user
+            pass
 
 
 @dataclass
@@ -146,7 +162,8 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", self.host, self.port, exc.strerror or exc)
             return 1
-        self.run_dir = Path(tempfile.mkdtemp(prefix="aib-serve-"))
+        _remove_stale_run_dirs()
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
