@@ -163,6 +163,9 @@ def test_a_leader_and_a_follower(fake: FakeOpenAIProcess, tmp_path: Path, usr1: 
         follower = make_worker(1, run_dir, cdir, settings).start(settings)
         assert chat(follower.port, "m1").status_code == 200
         (cdir / MAPPINGS_FILE).write_text(good)
+        # /health says whose view it is (health, breakers and in-flight are per worker)
+        health = httpx.get(f"http://{HOST}:{follower.port}/health", timeout=10).json()
+        assert health["worker"] == {"index": 1, "count": 2, "pid": os.getpid()}
 
         # an admin reload sent to the follower runs in the leader; the follower follows on "SIGHUP"
         write(cdir, fake, ("m1", "m2"))

@@ -65,6 +65,7 @@ class Gateway:
         self.on_reload: list[Callable[[str], None]] = []  # told "success" or "failure" after each reload
         self.keep_bodies = False  # put the request body on the record (request-log body logging)
         self.health: HealthMonitor | None = None
+        self.worker: dict[str, int] | None = None  # {"index", "count", "pid"} under `aib serve --workers N`
         self.inflight = 0
         self.ready = False
         self._rid_prefix = os.urandom(10).hex()
@@ -323,6 +324,8 @@ class Gateway:
             status = 200 if report["healthy_providers"] > 0 else 503
         report["inflight"] = self.inflight
         report["uptime_s"] = round(time.time() - self.state.started_at, 1)
+        if self.worker is not None:  # health, breakers and in-flight are this worker's own
+            report["worker"] = self.worker
         await send_json(send, status, orjson.dumps(report))
 
     async def health_live(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -70,6 +70,7 @@ def build_gateway(
 
     cluster = None
     if worker is not None:
+        gateway.worker = {"index": worker.index, "count": worker.count, "pid": os.getpid()}
         run_dir = Path(worker.run_dir)
         cluster = Cluster(run_dir, worker.leader, worker.supervisor_pid)
         if handle.metrics is not None:
