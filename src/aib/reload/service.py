@@ -54,7 +54,7 @@ class ReloadService:
             log.info("config reload: off (running on the configuration shipped in the package)")
             return
         cluster = self.cluster
-        if cluster is not None and not cluster.leader:
+        if self._follower():
             await self._start_follower()
             return
         if cluster is not None:  # the leader: what it applies, every worker applies
@@ -102,7 +102,7 @@ class ReloadService:
 
     def _on_sighup(self) -> None:
         work: Coroutine[Any, Any, object]
-        if self.cluster is not None and not self.cluster.leader:
+        if self._follower():
             work = self._follow()
         else:
             work = self.controller.reload("SIGHUP", "signal")
