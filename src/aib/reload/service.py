@@ -101,11 +101,9 @@ class ReloadService:
         await asyncio.gather(*self._signal_tasks, return_exceptions=True)
 
     def _on_sighup(self) -> None:
-        work: Coroutine[Any, Any, object]
-        if self._follower():
-            work = self._follow()
-        else:
-            work = self.controller.reload("SIGHUP", "signal")
+        work: Coroutine[Any, Any, object] = (
+            self._follow() if self._follower() else self.controller.reload("SIGHUP", "signal")
+        )
         task: asyncio.Task[object] = asyncio.get_running_loop().create_task(work)
         self._signal_tasks.add(task)
         task.add_done_callback(self._signal_tasks.discard)
