@@ -147,7 +147,8 @@ def test_a_leader_and_a_follower(fake: FakeOpenAIProcess, tmp_path: Path, usr1: 
     cdir, run_dir = tmp_path / "config", tmp_path / "run"
     run_dir.mkdir()
     write(cdir, fake, ("m1",))
-    settings = GatewaySettings(config_dir=cdir, health_checks=False, drain_timeout_s=5.0)
+    # no file watching: the reloads here are the ones the test asks for (the watcher has its own tests)
+    settings = GatewaySettings(config_dir=cdir, health_checks=False, drain_timeout_s=5.0, watch_config=False)
     leader = make_worker(0, run_dir, cdir, settings).start(settings)
     follower: Worker | None = None
     try:
