@@ -39,6 +39,8 @@ from typing import Any
 
 import orjson
 
+from aib.pids import alive
+
 log = logging.getLogger("aib.gateway")
 SPEC_ENV = "AIB_WORKER_SPEC"
 READY_TIMEOUT_S = 120.0
@@ -104,12 +106,8 @@ def _remove_stale_run_dirs() -> None:
         pid = path.name.removeprefix(RUN_DIR_PREFIX).split("-", 1)[0]
         if not pid.isdigit() or not path.is_dir() or path.stat().st_uid != os.getuid():
             continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if not alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:  # pragma: no cover - a live process of another user
-            pass
 
 
 @dataclass

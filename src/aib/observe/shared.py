@@ -18,19 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from aib.observe.metrics import MetricsObserver
+from aib.pids import alive
 
 SNAPSHOT_EVERY_S = 1.0
 SUFFIX = ".marshal"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover - another user's process: it exists
-        return True
-    return True
 
 
 class WorkerMetrics:
@@ -90,7 +81,7 @@ class WorkerMetrics:
                 if cached is None or cached[0] != mtime:
                     cached = self._cache[name] = (mtime, marshal.loads(Path(entry.path).read_bytes()))
                 counters = cached[1]
-                if not _alive(int(name.removesuffix(SUFFIX))):
+                if not alive(int(name.removesuffix(SUFFIX))):
                     counters = {**counters, "inflight": 0}
                 out.append(counters)
         return out

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aib.pids import alive
+
 
 def aib_command() -> list[str]:
     """How to run `aib` as a child: the console script next to this interpreter, else on PATH."""
@@ -39,21 +41,6 @@ def cmdline(pid: int) -> list[str] | None:
         return None
     args = raw.decode(errors="replace").split("\0")
     return [a for a in args if a] or None
-
-
-def alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def signal_group(pid: int, sig: signal.Signals) -> None:
