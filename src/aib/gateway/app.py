@@ -22,9 +22,10 @@ import orjson
 
 from aib.config.load import LoadedConfig
 from aib.config.plan import RoutingPlan
+from aib.doors.base import Door
 from aib.gateway.errors import GatewayError, envelope, model_not_found
 from aib.gateway.health import HealthMonitor
-from aib.gateway.proxy import ClientGone, Proxy
+from aib.gateway.proxy import ClientGone, Proxy, parse_request
 from aib.gateway.settings import GatewaySettings
 from aib.gateway.upstream import UpstreamPool
 from aib.observe.records import Observer, RequestRecord
@@ -75,11 +76,11 @@ class Gateway:
         # router, like the LiteLLM front, lists the real configuration's names instead)
         self.catalog: Callable[[], list[tuple[str, str]]] | None = None
         self._routes: dict[str, dict[str, Handler]] = {}
-        self._proxied: dict[str, str] = {}  # path -> endpoint, served before any other lookup
+        # path -> (endpoint, front door; None: OpenAI), served before any other lookup
+        self._proxied: dict[str, tuple[str, Door | None]] = {}
         for ep in PROXIED:
             for prefix in ("/v1/", "/"):
-                self._routes[prefix + ep] = {"POST": _make_proxy_handler(ep)}
-                self._proxied[prefix + ep] = ep
+                self.add_door(prefix + ep, ep, None)
         for prefix in ("/v1", ""):
             self._routes[prefix + "/models"] = {"GET": Gateway.models}
         self._routes["/health"] = {"GET": Gateway.health_full}
@@ -96,6 +97,12 @@ class Gateway:
             await handler(scope, receive, send)
 
         self._routes.setdefault(path, {})[method.upper()] = call
+
+    def add_door(self, path: str, endpoint: str, door: Door | None) -> None:
+        """Serve ``POST path`` as a request to ``endpoint`` (chat/completions, completions, embeddings)
+        spoken through ``door`` (:mod:`aib.doors`; None: the OpenAI API itself)."""
+        self._proxied[path] = (endpoint, door)
+        self._routes.setdefault(path, {})["POST"] = _make_proxy_handler(endpoint, door)
 
     # ------------------------------------------------------------------ plan
 
@@ -117,9 +124,9 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            ep = self._proxied.get(scope["path"])
-            if ep is not None and scope["method"] == "POST":  # the request path: no more dispatch
-                await self.proxy_request(ep, scope, receive, send)
+            door = self._proxied.get(scope["path"])
+            if door is not None and scope["method"] == "POST":  # the request path: no more dispatch
+                await self.proxy_request(door[0], scope, receive, send, door[1])
             else:
                 await self.http(scope, receive, send)
         elif kind == "lifespan":
@@ -228,8 +235,13 @@ class Gateway:
 
     # ------------------------------------------------------------------ handlers
 
-    async def proxy_request(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def proxy_request(
+        self, endpoint: str, scope: Scope, receive: Receive, send: Send, door: Door | None = None
+    ) -> None:
         plan = self.plan
+        exchange = door.open(scope, send) if door is not None else None
+        if exchange is not None:  # every answer, errors included, in the door's own shape
+            send = exchange.send
         rid = declared = None
         for k, v in scope["headers"]:  # one pass for both headers the gateway reads
             if k == b"x-request-id":
@@ -247,9 +259,13 @@ class Gateway:
             body = await read_body(scope, receive, self.settings.max_body_bytes, declared)
             if self.keep_bodies:
                 record.request_body = body
+            if exchange is None:
+                payload, record.model, record.stream = parse_request(endpoint, body)
+            else:
+                payload, record.model, record.stream = exchange.decode(body)
             ext = scope.get("extensions")
             notify = ext.get("aib.on_disconnect") if ext else None
-            await self.proxy.handle(plan, endpoint, body, record, receive, send, notify)
+            await self.proxy.handle(plan, endpoint, payload, record, receive, send, notify)
         except GatewayError as err:
             record.status, record.error, record.error_code = err.status, err.message, err.code
             await send_error(send, err, rid)
@@ -281,6 +297,11 @@ class Gateway:
 
     def _public_models(self, plan: RoutingPlan) -> list[tuple[str, str]]:
         return self.catalog() if self.catalog is not None else plan.public_models()
+
+    def models_for(self, scope: Scope) -> list[tuple[str, str]]:
+        """(model id, owned_by) of every name the client of ``scope`` may use: what ``/v1/models``
+        and every door's model list show."""
+        return self._public_models(self.plan)
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         plan = self.plan
@@ -382,9 +403,9 @@ class Gateway:
         return False
 
 
-def _make_proxy_handler(endpoint: str) -> Handler:
+def _make_proxy_handler(endpoint: str, door: Door | None = None) -> Handler:
     async def handler(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
-        await gw.proxy_request(endpoint, scope, receive, send)
+        await gw.proxy_request(endpoint, scope, receive, send, door)
 
     return handler
 

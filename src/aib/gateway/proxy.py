@@ -131,17 +131,17 @@ class Proxy:
         self,
         plan: RoutingPlan,
         endpoint: str,
-        body: bytes,
+        payload: dict[str, Any],
         record: RequestRecord,
         receive: Receive,
         send: Send,
         on_disconnect: Notify | None = None,
     ) -> None:
-        """Serve one request; raises :class:`GatewayError` only before anything was sent.
+        """Serve one request, already parsed (``record.model``, ``record.stream`` set); raises
+        :class:`GatewayError` only before anything was sent.
 
         ``on_disconnect``: the server's ``aib.on_disconnect`` extension, when it offers one."""
-        payload, model, stream = parse_request(endpoint, body)
-        record.model, record.stream = model, stream
+        model, stream = record.model, record.stream
         res = plan.resolve(model)
         if res is None:
             raise model_not_found(model, plan.suggestions(model))
