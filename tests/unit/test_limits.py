@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from aib.auth.keys import ClientKey
 from aib.limits import gcra
 from aib.limits.budgets import Budgets, next_day, next_month
-from aib.limits.limiter import LimitExceeded, Limiter, Ticket, duration
+from aib.limits.limiter import Limiter, LimitExceeded, Ticket, duration
 from aib.limits.slots import CAPACITY, LocalSlots, SharedSlots
 
 pytestmark = pytest.mark.unit
@@ -27,7 +27,9 @@ NOON = float(calendar.timegm((2026, 12, 7, 12, 0, 0)))
 
 
 def key(num: int = 1, **limits: int) -> ClientKey:
-    return ClientKey(id=f"key_{num}", num=num, name=f"k{num}", prefix="sk-aib-x", hash="h", created_at=0.0, **limits)
+    return ClientKey(
+        id=f"key_{num}", num=num, name=f"k{num}", prefix="sk-aib-x", hash="h", created_at=0.0, **limits
+    )
 
 
 # --------------------------------------------------------------------------- GCRA
@@ -286,7 +288,12 @@ def test_no_key_ever_exceeds_its_limits_over_any_interleaving(
             try:
                 t = limiters[w].admit(k, reserve, now, NOON)
             except LimitExceeded as exc:
-                assert exc.code in ("concurrent_requests", "requests_per_minute", "tokens_per_minute", "tokens_per_day")
+                assert exc.code in (
+                    "concurrent_requests",
+                    "requests_per_minute",
+                    "tokens_per_minute",
+                    "tokens_per_day",
+                )
                 continue
             open_tickets.append((w, t, now, int(reserve * share)))
             assert len(open_tickets) <= conc  # in flight, across workers
@@ -297,9 +304,8 @@ def test_no_key_ever_exceeds_its_limits_over_any_interleaving(
         assert used_today <= budget
         admitted.sort()
         for i, (t_i, _) in enumerate(admitted):
-            n, tokens = 0, 0
-            for t_j, use in admitted[i:]:
-                n += 1
+            tokens = 0
+            for n, (t_j, use) in enumerate(admitted[i:], 1):
                 tokens += use
                 assert n <= rpm + rpm * (t_j - t_i) / 60 + 1e-6
                 assert tokens <= tpm + tpm * (t_j - t_i) / 60 + 1e-6
