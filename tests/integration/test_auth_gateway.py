@@ -232,9 +232,6 @@ def test_a_daily_budget_refuses_until_midnight_utc(
     wait_until(lambda: len(gw.gateway.gate.keys) == 1, 3, what="the new key")
     up.enqueue(*[Reply.chat()] * 3)  # each answer reports 8 tokens
     c = client(gw, secret)
-    body_tokens = (
-        len(b'{"messages":[{"role":"user","content":"Say hello."}],"model":"m-one","max_tokens":1}') // 4
-    )
     served = 0
     with pytest.raises(openai.RateLimitError) as exc:
         for _ in range(5):

@@ -101,10 +101,9 @@ class _Remote:
 
     def _call(self, path: str, method: str = "GET", body: Any = None) -> Any:
         from aib.cli.http import GatewayDown, request_json
-        from aib.cli.reload_cmds import admin_headers
 
-        try:
-            status, data = request_json(f"{self.url}{path}", method, body, headers=admin_headers())
+        try:  # the admin key from $AIB_ADMIN_KEY (aib.clientauth)
+            status, data = request_json(f"{self.url}{path}", method, body)
         except GatewayDown as exc:
             fail(str(exc))
         if status >= 400:

@@ -354,6 +354,8 @@ class Gateway:
                 payload, record.model, record.stream = parse_request(endpoint, body)
             else:
                 payload, record.model, record.stream = exchange.decode(body)
+            if self.scrubber.values:  # a secret pasted as a model name never reaches a log
+                record.model = self.scrubber.text(record.model)
             if key is not None:  # may: this model, within these limits
                 self.gate.check_model(key, record.model, plan)
                 ticket = self.gate.admit(key, payload, len(body), endpoint, plan.auth.reserve_tokens)
@@ -469,6 +471,7 @@ class Gateway:
 
     async def model_detail(self, scope: Scope, model: str, send: Send) -> None:
         plan = self.plan
+        model = self.scrubber.text(model)
         try:
             key = self.client(scope)
         except AuthError as err:
