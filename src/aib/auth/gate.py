@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from aib.limits.slots import LocalSlots, Slots
 
 log = logging.getLogger("aib.auth")
 POLL_S = 0.25  # how often the store's generation is read
+MISS_REFRESH_S = 0.1  # an unknown key makes the store be read again, at most this often
 FLUSH_S = 1.0  # how often usage goes to the store
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 
@@ -74,6 +76,9 @@ class Gate:
         self._usage: dict[tuple[int, str], Usage] = {}
         self._task: asyncio.Task[None] | None = None
         self._warned: set[str] = set()
+        self._refreshed_at = 0.0
+        self._reloading = threading.Lock()
+        self._refresh: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ the store
 
@@ -89,14 +94,15 @@ class Gate:
         store = self.store
         if store is None:
             return False
-        gen = store.generation()
-        if gen == self.generation:
-            return False
-        keys = store.load()
-        self.keys = {k.hash.encode(): k for k in keys}
-        self.by_id = {k.id: k for k in keys}
-        self.generation = gen
-        return True
+        with self._reloading:  # the poller and a refusal may both read: one at a time, newest wins
+            gen = store.generation()
+            if gen == self.generation:
+                return False
+            keys = store.load()
+            self.keys = {k.hash.encode(): k for k in keys}
+            self.by_id = {k.id: k for k in keys}
+            self.generation = gen
+            return True
 
     async def run(self) -> None:
         """Poll the store and write usage until cancelled (started with the gateway)."""
@@ -187,6 +193,34 @@ class Gate:
                     f"{state}_api_key",
                 )
         return key
+
+    async def identify_fresh(self, token: bytes | None) -> ClientKey:
+        """:meth:`identify`, reading the store once more first when the key is unknown: a key made a
+        moment ago works at once on every worker. Concurrent misses share one read; after a read, the
+        next one waits ``MISS_REFRESH_S`` (made-up keys cannot make the store busy). Only the refusal
+        path pays for it."""
+        try:
+            return self.identify(token)
+        except AuthError as err:
+            if err.code != "invalid_api_key" or self.store is None:
+                raise
+            task = self._refresh
+            if task is None:
+                if time.monotonic() - self._refreshed_at < MISS_REFRESH_S:
+                    raise
+                task = self._refresh = asyncio.ensure_future(self._refresh_once())
+            try:
+                await asyncio.shield(task)
+            except Exception:  # the store is unreadable: the snapshot stays, the refusal too
+                raise err from None
+            return self.identify(token)
+
+    async def _refresh_once(self) -> None:
+        try:
+            await asyncio.to_thread(self.reload_keys)
+        finally:
+            self._refreshed_at = time.monotonic()
+            self._refresh = None
 
     # ------------------------------------------------------------------ may
 

@@ -345,7 +345,10 @@ class Gateway:
         ticket: Ticket | None = None
         try:
             if plan.auth.mode == "keys":  # who: before the body is even read
-                key = self.gate.identify(token)
+                try:
+                    key = self.gate.identify(token)
+                except AuthError:  # a key made a moment ago? (reads the store, refusals only)
+                    key = await self.gate.identify_fresh(token)
                 record.key_name = key.name
             body = await read_body(scope, receive, self.settings.max_body_bytes, declared)
             if self.keep_bodies:
