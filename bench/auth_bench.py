@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'CPU per request (us)':28}{best['cpu_us_per_req_off']:>10.1f}{best['cpu_us_per_req_keys']:>10.1f}{best['cpu_us_per_req_429']:>10.1f}"
     )
     print(
-        f"{f"req/s at c={args.connections}":28}{best['rps_off']:>10,.0f}{best['rps_keys']:>10,.0f}{best['rps_429']:>10,.0f}"
+        f"{'req/s at c=' + str(args.connections):28}{best['rps_off']:>10,.0f}{best['rps_keys']:>10,.0f}{best['rps_429']:>10,.0f}"
     )
     print(
         f"{'added p50 over direct (us)':28}{best['added_p50_us_off']:>10.0f}{best['added_p50_us_keys']:>10.0f}{'':>10}"

@@ -601,7 +601,11 @@ def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
 
     def wrapped(message: dict[str, Any]) -> Awaitable[None]:
         if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            headers = message.get("headers")
+            if type(headers) is list:  # every answer the gateway makes has a fresh list: extend it
+                headers.extend(extra)
+            else:
+                message = {**message, "headers": [*(headers or ()), *extra]}
         return send(message)
 
     return wrapped
