@@ -5,6 +5,7 @@ the official `openai` and `anthropic` clients (a scripted upstream answers).
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -15,9 +16,12 @@ import anthropic
 import httpx
 import openai
 import pytest
+from typer.testing import CliRunner
 
 from aib.auth.store import SqliteKeyStore
+from aib.cli.main import app
 from aib.observe import ObserveSettings, install_observability
+from aib.observe.requestquery import RequestLogReader
 from gateway_harness import (
     Reply,
     ScriptedUpstream,
@@ -320,6 +324,13 @@ def test_usage_per_key_in_metrics_and_request_log(
     )
     assert rows == [("hana", 200, None), ("hana", 200, None), ("hana", 429, "requests_per_minute")]
     assert secret not in "\n".join(sqlite3.connect(db).iterdump())
+    with RequestLogReader(db) as reader:  # what `aib logs --key`, the UI's filters read
+        assert [r["status"] for r in reader.query(key="hana")] == [429, 200, 200]
+        assert reader.query(key="someone-else") == []
+        (per_model,) = reader.stats(key="hana")
+        assert per_model["requests"] == 3 and per_model["completion_tokens"] == 10
+    out = CliRunner().invoke(app, ["logs", "--db", str(db), "--key", "hana", "--json"])
+    assert out.exit_code == 0 and [r["key_name"] for r in json.loads(out.stdout)] == ["hana"] * 3
 
 
 def test_the_anthropic_client_sends_its_key_as_x_api_key(gw: Any, store: SqliteKeyStore) -> None:

@@ -129,6 +129,9 @@ def tail(
     provider: Annotated[
         str | None, typer.Option("--provider", help="Only this provider.", show_default=False)
     ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="Only this client key (its name).", show_default=False)
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="How many requests.")] = 20,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new requests (Ctrl-C stops).")
@@ -152,6 +155,7 @@ def tail(
             "since": _since(since),
             "route": route,
             "provider": provider,
+            "key": key,
         }
         with _open(db) as reader:
             rows = list(reversed(reader.query(**filters, limit=limit)))  # type: ignore[arg-type]
@@ -267,13 +271,16 @@ def stats(
     ctx: typer.Context,
     since: SinceOpt = "1d",
     model: ModelOpt = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="Only this client key (its name).", show_default=False)
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Per model: requests, error rate, latency p50/p95/p99, stream TTFT, tokens and tokens/s."""
     db: Path = ctx.obj or DEFAULT_DB
     start = _since(since)
     with _open(db) as reader:
-        rows = reader.stats(since=start, model=model)
+        rows = reader.stats(since=start, model=model, key=key)
     if as_json:
         print_json({"since": start, "models": rows})
         return
