@@ -367,3 +367,49 @@ def test_listening_exposed_needs_keys_and_an_admin_key(
     with running_gateway(open_plan, insecure) as rg:
         health = httpx.get(rg.base_url + "/health").json()  # no admin key: loopback may read it
         assert "--insecure-open" in health["warnings"][0] and "no admin key" in health["warnings"][0]
+
+
+def test_our_own_tools_work_with_keys_on(
+    gw: Any, store: SqliteKeyStore, up: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`aib health`, `aib monitor` and `aib doctor`'s gateway check read /health and /metrics with
+    $AIB_ADMIN_KEY; without it they say the gateway wants a key."""
+    handle = install_observability(
+        gw.gateway, ObserveSettings(request_log=None, access_log=False, writer="thread")
+    )
+    runner = CliRunner()
+    denied = runner.invoke(app, ["health", "-g", gw.base_url, "--json"], env={"AIB_ADMIN_KEY": ""})
+    assert denied.exit_code == 1
+    ok = runner.invoke(app, ["health", "-g", gw.base_url, "--json"], env={"AIB_ADMIN_KEY": ADMIN})
+    assert ok.exit_code in (0, 1) and json.loads(ok.stdout)["auth"]["mode"] == "keys"
+    frame = runner.invoke(app, ["monitor", "-g", gw.base_url, "--once", "--json", "--interval", "0.2"],
+                          env={"AIB_ADMIN_KEY": ADMIN})  # fmt: skip
+    assert frame.exit_code == 0, frame.output
+    assert "error" not in json.loads(frame.stdout) or not json.loads(frame.stdout)["error"]
+    from aib.ops.doctor import check_gateway
+
+    monkeypatch.setenv("AIB_ADMIN_KEY", ADMIN)
+    assert check_gateway(gw.base_url, gw.gateway.plan).status != "fail"
+    handle.close()
+
+
+def test_limits_survive_a_reload(
+    gw: Any, store: SqliteKeyStore, up: ScriptedUpstream, tmp_path: Path
+) -> None:
+    _, secret = store.create("ivy", rpm=3)
+    up.enqueue(Reply.chat(), Reply.chat())
+    c = client(gw, secret)
+    assert chat(c).headers["x-ratelimit-remaining-requests"] == "2"
+    new_plan, _ = plan_from_yaml(
+        tmp_path / "new",
+        providers(up),
+        MAPPINGS.replace("m-two:", "m-three: {provider: up, upstream: m-two}\n      m-two:"),
+    )
+    gw.call(_swap(gw.gateway, new_plan))
+    assert "m-three" in gw.gateway.plan.groups
+    assert chat(c).headers["x-ratelimit-remaining-requests"] == "1"  # the same bucket
+
+
+async def _swap(gateway: Any, plan: Any) -> None:
+    gateway.accept_plan(plan)
+    gateway.set_plan(plan)
