@@ -383,6 +383,19 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
         ("provider", "outcome"),
         registry=ref,
     )
+    doors = Counter(
+        "aib_door_requests",
+        "Requests by the API the client spoke (openai, anthropic, ollama, responses), endpoint and status.",
+        ("door", "endpoint", "status"),
+        registry=ref,
+    )
+    cut = Counter(
+        "aib_prompt_truncated",
+        "Prompts an Ollama upstream cut to fit its context (num_ctx): raise the model's context_length.",
+        rp,
+        registry=ref,
+    )
+    records[1].door, records[2].door, records[5].prompt_truncated = "anthropic", "ollama", True
     rel = Counter("aib_config_reloads", "Configuration reloads by result.", ("result",), registry=ref)
     for res in m.RELOAD_RESULTS:
         rel.labels(res)
@@ -403,6 +416,9 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
             att.labels(a.provider, attempt_outcome(a)).inc()
         if len(r.attempts) > 1 or (r.attempts and r.attempts[-1].route != r.route):
             fb.labels(route).inc()
+        doors.labels(r.door, r.endpoint, status_label(r)).inc()
+        if r.prompt_truncated:
+            cut.labels(route, provider).inc()
     obs.reload_done("success")
 
     def exposed(text: str) -> dict[str, Any]:
@@ -422,7 +438,7 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
     from prometheus_client import generate_latest
 
     mine, theirs = exposed(obs.render()[0].decode()), exposed(generate_latest(ref).decode())
-    assert set(mine) == set(theirs) and len(mine) == 9
+    assert set(mine) == set(theirs) and len(mine) == 11
     for name in theirs:
         assert mine[name] == theirs[name], name
     text = obs.render()[0].decode()

@@ -23,6 +23,7 @@ import orjson
 from aib.config.load import LoadedConfig
 from aib.config.plan import RoutingPlan
 from aib.doors.base import Door
+from aib.doors.install import install_doors
 from aib.gateway.errors import GatewayError, envelope, model_not_found
 from aib.gateway.health import HealthMonitor
 from aib.gateway.proxy import ClientGone, Proxy, parse_request
@@ -81,6 +82,7 @@ class Gateway:
         for ep in PROXIED:
             for prefix in ("/v1/", "/"):
                 self.add_door(prefix + ep, ep, None)
+        install_doors(self)  # Anthropic Messages, OpenAI Responses, Ollama (aib.doors)
         for prefix in ("/v1", ""):
             self._routes[prefix + "/models"] = {"GET": Gateway.models}
         self._routes["/health"] = {"GET": Gateway.health_full}
@@ -253,6 +255,8 @@ class Gateway:
             # x-request-id that does not parse as a UUID
             rid = f"{self._rid_prefix}{next(self._rid_counter):012x}"
         record = RequestRecord(request_id=rid, endpoint=endpoint, model="", started_at=time.time())
+        if door is not None:
+            record.door = door.name
         t0 = time.perf_counter()
         self.inflight += 1
         try:

@@ -68,7 +68,7 @@ def wire_fields(w: Wire, redact: Callable[[str | None], str | None]) -> dict[str
     the same value as ``round(s * 1000, 3)``, at a quarter of the cost (``round`` goes through text)."""
     (
         rid, endpoint, model, _, stream, route, matched_by, _, provider, upstream, status, err, code, ttfb,
-        total, ups, pt, ct, gone, _, atts, _, _,
+        total, ups, pt, ct, gone, _, atts, _, _, door, cut,
     ) = w  # fmt: skip
     if not atts:
         failed = 0
@@ -98,6 +98,8 @@ def wire_fields(w: Wire, redact: Callable[[str | None], str | None]) -> dict[str
         "error": redact(err) if err else None,
         "error_code": code,
         "client_disconnected": gone,
+        "door": door,
+        "prompt_truncated": cut,
     }
 
 
@@ -343,7 +345,7 @@ class AccessLines:
                 return orjson.dumps(_clean(out), option=orjson.OPT_APPEND_NEWLINE)
         (
             rid, endpoint, model, _, stream, route, _, _, provider, upstream, status, err, code, ttfb, total, _,
-            pt, ct, gone, _, atts, _, _,
+            pt, ct, gone, _, atts, _, _, _, _,
         ) = w  # fmt: skip
         failed = (0 if atts[0][A_OK] else 1) if len(atts) == 1 else sum(1 for a in atts if not a[A_OK])
         text = _human(

@@ -86,6 +86,14 @@ def m002_bodies(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m003_door(db: sqlite3.Connection) -> None:
+    """The API a request came in on (openai, anthropic, ollama, responses) and whether an Ollama
+    upstream cut its prompt to fit the context."""
+    db.execute("ALTER TABLE requests ADD COLUMN door TEXT NOT NULL DEFAULT 'openai'")
+    db.execute("ALTER TABLE requests ADD COLUMN prompt_truncated INTEGER NOT NULL DEFAULT 0")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the migrations ``db`` lacks (``db`` in autocommit mode); returns their names."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")

@@ -49,6 +49,8 @@ class RequestRecord:
     plan_version: str | None = None
     request_body: bytes | None = None  # only kept when body logging is on
     response_body: bytes | None = None
+    door: str = "openai"  # the API the client spoke: openai, anthropic, ollama, responses (aib.doors)
+    prompt_truncated: bool = False  # an Ollama upstream cut the prompt to fit its context (num_ctx)
 
     @property
     def fallbacks(self) -> int:
