@@ -8,7 +8,8 @@ is named (``event: <type>``): Anthropic's SDKs skip events without a name. A bro
 ``event: error``.
 
 :class:`MessageStreamDecoder` (the outbound adapter) reads Anthropic's events and writes OpenAI chunks
-ending with ``data: [DONE]``; an ``error`` event raises :class:`StreamError`.
+ending with ``data: [DONE]``; an ``error`` event stops it: what came before is returned, the error is
+kept in ``error`` (:class:`StreamError` is raised for it by :meth:`MessageStreamDecoder.check`).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ class MessageStreamEncoder:
 class MessageStreamDecoder:
     """Anthropic events -> OpenAI chunks, for one streamed answer from an Anthropic upstream."""
 
-    __slots__ = ("_base", "_created", "_rest", "_stop", "_tool_blocks", "_usage")
+    __slots__ = ("_base", "_created", "_rest", "_stop", "_tool_blocks", "_usage", "error")
 
     def __init__(self, created: int) -> None:
         self._created = created
@@ -167,8 +168,12 @@ class MessageStreamDecoder:
         self._tool_blocks: dict[int, int] = {}  # Anthropic block index -> OpenAI tool-call index
         self._usage: JsonObj = {}
         self._stop = "stop"
+        self.error: str | None = None
 
     def feed(self, data: bytes) -> bytes:
+        """The OpenAI chunks of the complete events in ``data``; after an error event, nothing more."""
+        if self.error is not None:
+            return b""
         buf = self._rest + data if self._rest else data
         events, self._rest = split_events(buf)
         out = []
@@ -178,13 +183,21 @@ class MessageStreamDecoder:
                 continue
             try:
                 obj = orjson.loads(payload)
+                kind = obj.get("type") if isinstance(obj, dict) else None
+                if kind is None:
+                    kind = name.decode() if name else ""
+                out.append(self._event(str(kind), obj))
             except orjson.JSONDecodeError:
-                raise StreamError("Anthropic sent a malformed stream event") from None
-            kind = obj.get("type") if isinstance(obj, dict) else None
-            if kind is None:
-                kind = name.decode() if name else ""
-            out.append(self._event(str(kind), obj))
+                self.error = "Anthropic sent a malformed stream event"
+                break
+            except StreamError as exc:
+                self.error = str(exc)
+                break
         return b"".join(out)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise StreamError(self.error)
 
     def _chunk(self, delta: JsonObj, finish: str | None = None) -> bytes:
         return chunk_event({**self._base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})

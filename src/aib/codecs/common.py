@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any
 
 import orjson
@@ -202,7 +203,12 @@ def args_object(arguments: Any) -> JsonObj:
         return {}
     try:
         obj = orjson.loads(arguments)
-    except (orjson.JSONDecodeError, TypeError):
+    except orjson.JSONDecodeError:
+        try:  # orjson refuses integers past 64 bits; the standard library takes them
+            obj = json.loads(arguments)
+        except (ValueError, TypeError):
+            return {"_unparsed_arguments": str(arguments)}
+    except TypeError:
         return {"_unparsed_arguments": str(arguments)}
     return obj if isinstance(obj, dict) else {"_unparsed_arguments": str(arguments)}
 
@@ -211,7 +217,10 @@ def args_text(arguments: Any) -> str:
     """Tool-call arguments as OpenAI's JSON text (objects from Anthropic and Ollama are encoded)."""
     if isinstance(arguments, str):
         return arguments
-    return orjson.dumps(arguments if arguments is not None else {}).decode()
+    try:
+        return orjson.dumps(arguments if arguments is not None else {}).decode()
+    except TypeError:  # integers past 64 bits, or values JSON has no form for
+        return json.dumps(arguments, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def content_text(content: Any) -> str:

@@ -8,8 +8,9 @@ whole, as Ollama sends them, once their streamed fragments are complete; the las
 ``{"error": "..."}``, as Ollama's own streams do.
 
 :class:`NdjsonDecoder` (the outbound adapter) reads Ollama's lines and writes OpenAI chunks ending
-with ``data: [DONE]``; an ``{"error": ...}`` line raises :class:`StreamError`. ``final`` keeps the
-last object (``prompt_eval_count`` tells whether the prompt was cut).
+with ``data: [DONE]``; an ``{"error": ...}`` line stops it: what came before is returned, the error is
+kept in ``error``. ``final`` keeps the last object (``prompt_eval_count`` tells whether the prompt was
+cut).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class NdjsonEncoder:
 class NdjsonDecoder:
     """Ollama NDJSON lines -> OpenAI chunks, for one streamed answer from an Ollama upstream."""
 
-    __slots__ = ("_calls", "_chat", "_created", "_id", "_rest", "_role", "final")
+    __slots__ = ("_calls", "_chat", "_created", "_id", "_rest", "_role", "error", "final")
 
     def __init__(self, chat: bool, created: int, cid: str) -> None:
         self._chat = chat
@@ -135,16 +136,29 @@ class NdjsonDecoder:
         self._role = True  # the first chunk carries the role
         self._calls = 0
         self.final: JsonObj | None = None
+        self.error: str | None = None
 
     def feed(self, data: bytes) -> bytes:
+        """The OpenAI chunks of the complete lines in ``data``; after an error line, nothing more."""
+        if self.error is not None:
+            return b""
         buf = self._rest + data if self._rest else data
         lines = buf.split(b"\n")
         self._rest = lines.pop()
-        return b"".join(self._line(line) for line in lines if line.strip())
+        out = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                out.append(self._line(line))
+            except StreamError as exc:
+                self.error = str(exc)
+                break
+        return b"".join(out)
 
     def close(self) -> bytes:
         rest, self._rest = self._rest, b""
-        return self._line(rest) if rest.strip() else b""
+        return self.feed(rest + b"\n") if rest.strip() else b""
 
     def _chunk(self, model: str, delta: JsonObj, finish: str | None = None) -> bytes:
         if self._chat:

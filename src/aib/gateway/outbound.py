@@ -35,10 +35,8 @@ import orjson
 from aib.codecs import anthropic as anthropic_codec
 from aib.codecs import ollama as ollama_codec
 from aib.codecs.anthropic_stream import MessageStreamDecoder
-from aib.codecs.anthropic_stream import StreamError as AnthropicStreamError
 from aib.codecs.common import JsonObj, content_text, event_fields, split_events
 from aib.codecs.ollama_stream import NdjsonDecoder
-from aib.codecs.ollama_stream import StreamError as OllamaStreamError
 from aib.codecs.openai_sse import DONE_EVENT
 from aib.config.plan import Group, ModelSettings, ProviderInfo, Target
 from aib.doors.base import Native
@@ -245,12 +243,15 @@ def _anthropic(
 class _Answer(Response):
     """An upstream answer read through a codec; the request path reads it like any Response."""
 
-    __slots__ = ("_eof", "inner")
+    __slots__ = ("_eof", "broken", "inner")
 
     def __init__(self, inner: Response, stream: bool) -> None:  # no super().__init__: every method is ours
         self.inner = inner
         self.status = inner.status
         self._eof = False
+        self.broken: str | None = (
+            None  # the upstream reported an error mid-stream: raised after what came before
+        )
         ok_stream = stream and inner.status == 200
         self.headers = {"content-type": "text/event-stream" if ok_stream else "application/json"}
         retry = inner.headers.get("retry-after")
@@ -270,20 +271,21 @@ class _Answer(Response):
         return self.plain(await self.inner.read(limit))
 
     async def readany(self) -> bytes:
-        while not self._eof:
-            chunk = await self.inner.readany()
-            try:
-                if not chunk:
-                    self._eof = True
-                    return self.end()
-                out = self.feed(chunk)
-            except (AnthropicStreamError, OllamaStreamError) as exc:
-                self._eof = True
+        while True:
+            if self.broken is not None:
+                message, self.broken, self._eof = self.broken, None, True
                 self.inner.close()
-                raise UpstreamError(str(exc)) from None
+                raise UpstreamError(message)
+            if self._eof:
+                return b""
+            chunk = await self.inner.readany()
+            if not chunk:
+                self._eof = True
+                out = self.end()
+            else:
+                out = self.feed(chunk)
             if out:
                 return out
-        return b""
 
     def set_deadline(self, when: float | None) -> None:
         self.inner.set_deadline(when)
@@ -339,13 +341,11 @@ class _OllamaAnswer(_Answer):
         out = self.decoder.feed(chunk)
         if self.decoder.final is not None:
             self.watch.final(self.decoder.final)
+        self.broken = self.decoder.error
         return out
 
     def end(self) -> bytes:
-        out = self.decoder.close()
-        if self.decoder.final is not None:
-            self.watch.final(self.decoder.final)
-        return out
+        return self.feed(b"\n")
 
 
 class _AnthropicAnswer(_Answer):
@@ -365,7 +365,9 @@ class _AnthropicAnswer(_Answer):
         return orjson.dumps(anthropic_codec.completion_from_message(obj, int(time.time())))
 
     def feed(self, chunk: bytes) -> bytes:
-        return self.decoder.feed(chunk)
+        out = self.decoder.feed(chunk)
+        self.broken = self.decoder.error
+        return out
 
 
 # --------------------------------------------------------------------------- same-API answers
@@ -405,7 +407,8 @@ class _RawSse(_Answer):
                 if kind == b"error":
                     err = obj.get("error", obj) if isinstance(obj, dict) else {}
                     message = err.get("message") if isinstance(err, dict) else None
-                    raise AnthropicStreamError(str(message or "the upstream reported an error"))
+                    self.broken = str(message or "the upstream reported an error")
+                    break
                 _usage(self.record, obj)
             out.append(ev + b"\n\n")
             if kind in self.ends:
@@ -448,15 +451,21 @@ class _NdjsonAsSse(_Answer):
     def feed(self, chunk: bytes) -> bytes:
         lines = (self.rest + chunk).split(b"\n")
         self.rest = lines.pop()
-        return b"".join(self._line(line) for line in lines if line.strip())
+        out = []
+        for line in lines:
+            if not line.strip():
+                continue
+            if line.startswith(b'{"error"'):
+                self.broken = ollama_codec.error_message(_loads(line), 500)
+                break
+            out.append(self._line(line))
+        return b"".join(out)
 
     def end(self) -> bytes:
         rest, self.rest = self.rest, b""
-        return self._line(rest) if rest.strip() else b""
+        return self.feed(rest + b"\n") if rest.strip() else b""
 
     def _line(self, line: bytes) -> bytes:
-        if line.startswith(b'{"error"'):
-            raise OllamaStreamError(ollama_codec.error_message(_loads(line), 500))
         if b'"done":true' in line or b'"done": true' in line:
             self.watch.final(_loads(line))
             return b"data: " + line + b"\n\n" + DONE_EVENT

@@ -21,9 +21,31 @@ from aib.observe.records import RequestRecord
 
 # positions in a wire tuple
 (
-    REQUEST_ID, ENDPOINT, MODEL, STARTED_AT, STREAM, ROUTE, MATCHED_BY, RULE, PROVIDER, UPSTREAM, STATUS, ERROR,
-    ERROR_CODE, TTFB_S, TOTAL_S, UPSTREAM_S, PROMPT_TOKENS, COMPLETION_TOKENS, CLIENT_DISCONNECTED,
-    PLAN_VERSION, ATTEMPTS, REQUEST_BODY, RESPONSE_BODY, DOOR, PROMPT_TRUNCATED,
+    REQUEST_ID,
+    ENDPOINT,
+    MODEL,
+    STARTED_AT,
+    STREAM,
+    ROUTE,
+    MATCHED_BY,
+    RULE,
+    PROVIDER,
+    UPSTREAM,
+    STATUS,
+    ERROR,
+    ERROR_CODE,
+    TTFB_S,
+    TOTAL_S,
+    UPSTREAM_S,
+    PROMPT_TOKENS,
+    COMPLETION_TOKENS,
+    CLIENT_DISCONNECTED,
+    PLAN_VERSION,
+    ATTEMPTS,
+    REQUEST_BODY,
+    RESPONSE_BODY,
+    DOOR,
+    PROMPT_TRUNCATED,
 ) = range(25)  # fmt: skip  (append new fields at the end: writers of another version read by position)
 # positions in one attempt of ATTEMPTS
 A_TARGET, A_PROVIDER, A_ROUTE, A_STATUS, A_ERROR, A_TTFB_S, A_DURATION_S, A_OK = range(8)
