@@ -143,7 +143,7 @@ def test_anthropic_tool_use_loop_scripted(scripted: ScriptedUpstream, ac: anthro
         "id": cid,
         "type": "function",
         "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
-    }  # noqa: E731
+    }
     first = {"id": "c1", "object": "chat.completion", "created": 0, "model": "tooly", "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call("call_oslo", "Oslo")]}, "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}}  # fmt: skip
     base = {"id": "c2", "object": "chat.completion.chunk", "created": 0, "model": "tooly"}
     frag = lambda d, f=None: sse_event({**base, "choices": [{"index": 0, "delta": d, "finish_reason": f}]})  # noqa: E731

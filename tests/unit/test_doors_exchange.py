@@ -239,3 +239,11 @@ def test_same_api_streams_pass_through() -> None:
 
 def test_created_at_is_rfc3339_with_nanoseconds() -> None:
     assert created_at(1700000000.5) == "2023-11-14T22:13:20.500000000Z"
+
+
+def test_created_at_reuses_the_formatted_second() -> None:
+    cache: list[tuple[int, str]] = [(-1, "")]
+    assert created_at(1700000000.25, cache) == "2023-11-14T22:13:20.250000000Z"
+    assert cache[0] == (1700000000, "2023-11-14T22:13:20")
+    assert created_at(1700000000.75, cache) == "2023-11-14T22:13:20.750000000Z"
+    assert created_at(1700000001.0, cache) == "2023-11-14T22:13:21.000000000Z"

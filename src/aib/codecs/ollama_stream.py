@@ -73,7 +73,7 @@ class NdjsonEncoder:
                     created_at.encode(),
                     orjson.dumps(text),
                 )
-        if delta:
+        if delta and len(delta) > (1 if text else 0):  # more than text: a role, reasoning, tool calls
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning:
                 msg = {"role": "assistant", "content": "", "thinking": reasoning}

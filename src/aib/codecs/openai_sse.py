@@ -48,6 +48,22 @@ class ChunkReader:
             out.append(obj if isinstance(obj, dict) else BROKEN)
         return out
 
+    def one(self, data: bytes) -> JsonObj | None:
+        """The fast path: ``data`` is exactly one complete ``data: {...}`` event and nothing is pending
+        (how the request path sends streams); None when it is anything else (then use :meth:`feed`)."""
+        if (
+            self._rest
+            or not data.startswith(b"data: {")
+            or not data.endswith(b"}\n\n")
+            or data.count(b"\n\n") != 1
+        ):
+            return None
+        try:
+            obj = orjson.loads(data[6:-2])
+        except orjson.JSONDecodeError:
+            return None
+        return obj if type(obj) is dict else None
+
     def close(self) -> list[JsonObj | None]:
         """What is left when the stream ends (a last event without its blank line)."""
         if not self._rest.strip():

@@ -80,9 +80,6 @@ class CodecExchange:
     def raw_error(self, err: JsonObj) -> bytes:
         return self.encoder().error(502, err)
 
-    def after_chunk(self) -> None:
-        """Called after each chunk was encoded (a door notes its first token here)."""
-
     # ------------------------------------------------------------------ DoorExchange
 
     def decode(self, body: bytes) -> tuple[dict[str, Any], str, bool]:
@@ -175,6 +172,10 @@ class CodecExchange:
             return self._raw(body, more)
         reader, enc = self._reader, self._enc
         assert reader is not None and enc is not None
+        if more:  # the common case, one chunk per message: no list, no second look
+            obj = reader.one(body)
+            if obj is not None and "choices" in obj:
+                return enc.chunk(obj)
         events = reader.feed(body) if body else []
         if not more:
             events += reader.close()
@@ -189,7 +190,6 @@ class CodecExchange:
                 self._ended = True
                 break
             out.append(enc.chunk(ev))
-            self.after_chunk()
         if not more and not self._ended:
             out.append(enc.error(502, _GONE))
             self._ended = True
@@ -233,4 +233,6 @@ class CodecExchange:
     def item_id(self) -> str:
         """An id for this request's answer items (the request id, made safe for ids)."""
         rid = self.request_id or f"{self.t0:x}"
+        if rid.isalnum():  # the gateway's own ids (hex): no copy
+            return rid[:64]
         return "".join(c for c in rid if c.isalnum() or c in "-_")[:64]

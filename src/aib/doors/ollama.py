@@ -24,11 +24,22 @@ from aib.doors.exchange import CodecExchange, StreamEncoder
 PATHS = {"chat": "api/chat", "generate": "api/generate", "embed": "api/embed", "embeddings": "api/embeddings"}
 
 
-def created_at(now: float | None = None) -> str:
-    """RFC 3339 UTC with nanoseconds, as Ollama's ``created_at``."""
-    t = time.time() if now is None else now
-    sec = int(t)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{int((t - sec) * 1e9):09d}Z"
+def created_at(now: float | None = None, cache: list[tuple[int, str]] | None = None) -> str:
+    """RFC 3339 UTC with nanoseconds, as Ollama's ``created_at``; ``cache`` keeps the last second
+    formatted (the lines of one stream share it)."""
+    if now is None:
+        sec, ns = divmod(time.time_ns(), 1_000_000_000)
+    else:
+        sec = int(now)
+        ns = round((now - sec) * 1e9)
+    if cache is None:
+        head = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    elif cache[0][0] == sec:
+        head = cache[0][1]
+    else:
+        head = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        cache[0] = (sec, head)
+    return f"{head}.{ns:09d}Z"
 
 
 class OllamaExchange(CodecExchange):
@@ -79,23 +90,24 @@ class OllamaExchange(CodecExchange):
 class _Ndjson:
     """The NDJSON encoder with this exchange's clock."""
 
-    __slots__ = ("enc", "x")
+    __slots__ = ("clock", "enc", "x")
 
     def __init__(self, x: OllamaExchange) -> None:
         self.x = x
         self.enc = NdjsonEncoder(x.model, x.kind == "chat")
+        self.clock: list[tuple[int, str]] = [(-1, "")]
 
     def start(self) -> bytes:
         return b""
 
     def chunk(self, c: JsonObj) -> bytes:
-        out = self.enc.chunk(c, created_at())
-        if self.enc.first_token and not self.x.t_first:
+        out = self.enc.chunk(c, created_at(None, self.clock))
+        if not self.x.t_first and self.enc.first_token:
             self.x.t_first = time.perf_counter_ns()
         return out
 
     def done(self) -> bytes:
-        return self.enc.done(created_at(), self.x.elapsed())
+        return self.enc.done(created_at(None, self.clock), self.x.elapsed())
 
     def error(self, status: int, err: Any) -> bytes:
         return self.enc.error(status, err)
