@@ -139,14 +139,13 @@ def test_anthropic_chat_stream_and_multi_turn(gw: RunningGateway, ac: anthropic.
 def test_anthropic_tool_use_loop_scripted(scripted: ScriptedUpstream, ac: anthropic.Anthropic) -> None:
     """Three turns; the upstream's tool calls are scripted (OpenAI shape), the door does the rest."""
     scripted.clear()
-    call = lambda cid, city: {
-        "id": cid,
-        "type": "function",
-        "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
-    }
-    first = {"id": "c1", "object": "chat.completion", "created": 0, "model": "tooly", "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call("call_oslo", "Oslo")]}, "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}}  # fmt: skip
+    call = {"id": "call_oslo", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": "Oslo"})}}  # fmt: skip
+    first = {"id": "c1", "object": "chat.completion", "created": 0, "model": "tooly", "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]}, "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}}  # fmt: skip
     base = {"id": "c2", "object": "chat.completion.chunk", "created": 0, "model": "tooly"}
-    frag = lambda d, f=None: sse_event({**base, "choices": [{"index": 0, "delta": d, "finish_reason": f}]})  # noqa: E731
+
+    def frag(delta: dict[str, object], finish: str | None = None) -> bytes:
+        return sse_event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
     second = (
         frag({"role": "assistant", "content": "And Bergen: "}),
         frag({"tool_calls": [{"index": 0, "id": "call_bergen", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
