@@ -14,6 +14,7 @@ from aib.config.plan import (
     DEFAULT_HEALTH_PATHS,
     CompiledPattern,
     Group,
+    ModelSettings,
     ProviderInfo,
     RoutingPlan,
     Target,
@@ -43,9 +44,22 @@ def _sdk_options(name: str, prov: ProviderBase) -> SdkOptions | None:
     )
 
 
+def _wire(ptype: str, prov: ProviderBase) -> tuple[str | None, frozenset[str]]:
+    """The outbound adapter of a provider and the front-door APIs it takes as sent."""
+    native = getattr(prov, "api", "openai") == "native"
+    wire = ptype if native and ptype in ("ollama", "anthropic") else None
+    apis = {wire} if wire else set()
+    if prov.responses_api if prov.responses_api is not None else ptype == "openai":
+        apis.add("responses")
+    return wire, frozenset(apis)
+
+
 def _provider_info(name: str, prov: ProviderBase) -> ProviderInfo:
     ptype: str = prov.type  # type: ignore[attr-defined]
+    wire, native_apis = _wire(ptype, prov)
     prefix = prov.api_prefix if isinstance(prov, OpenAICompatibleProvider) else "/v1"
+    if wire == "ollama":
+        prefix = ""  # /api/chat, /api/generate, /api/embed live at the server's root
     health_path = prov.health.endpoint or DEFAULT_HEALTH_PATHS[ptype]
     return ProviderInfo(
         name=name,
@@ -63,6 +77,16 @@ def _provider_info(name: str, prov: ProviderBase) -> ProviderInfo:
         description=prov.description,
         hardware=prov.hardware,
         sdk=_sdk_options(name, prov),
+        wire=wire,
+        native_apis=native_apis,
+        model_settings=MappingProxyType(
+            {
+                m.name: ModelSettings(m.context_length, m.keep_alive)
+                for m in prov.models
+                if m.context_length is not None or m.keep_alive is not None
+            }
+        ),
+        max_tokens=getattr(prov, "max_tokens", 4096),
     )
 
 

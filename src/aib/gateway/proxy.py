@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from aib.config.plan import Group, ProviderInfo, Resolution, RoutingPlan, Target
+from aib.gateway import outbound
 from aib.gateway.disconnect import DisconnectWatch, Notify
 from aib.gateway.errors import GatewayError, bad_request, envelope, model_not_found, upstream_failed
 from aib.gateway.httpclient import ConnectError, Response, UpstreamError
@@ -256,20 +257,35 @@ class Proxy:
         stats = self.state.stats(target.id)
         attempt = Attempt(target.id, target.provider, target.upstream, group.name)
         record.attempts.append(attempt)
-        body = dict(payload)
-        body["model"] = target.upstream
-        for k, v in group.params.items():
-            body.setdefault(k, v)
+        prep: outbound.Prepared | None = None
+        if info.wire is not None or type(payload) is not dict:  # an outbound adapter or a front door
+            got = outbound.prepare(info, target, group, endpoint, payload, stream, record)
+            if isinstance(got, GatewayError):
+                return Failure(outbound.refused(stats, attempt, got), True)
+            prep = got
         strip_usage = False
-        if stream and kind_for(info.type).stream_usage:
-            opts = body.get("stream_options")
-            if not (isinstance(opts, dict) and opts.get("include_usage")):
-                body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-                strip_usage = True
-        data = orjson.dumps(body)
+        if prep is None:  # the plain OpenAI pass-through
+            body = dict(payload)
+            body["model"] = target.upstream
+            for k, v in group.params.items():
+                body.setdefault(k, v)
+            if stream and kind_for(info.type).stream_usage:
+                opts = body.get("stream_options")
+                if not (isinstance(opts, dict) and opts.get("include_usage")):
+                    body["stream_options"] = {
+                        **(opts if isinstance(opts, dict) else {}),
+                        "include_usage": True,
+                    }
+                    strip_usage = True
+            data = orjson.dumps(body)
+            head = self.pool.head(info, endpoint)
+        else:
+            data = prep.data
+            head = self.pool.head(info, prep.path)
         pool = self.pool.http(info)
-        head = self.pool.head(info, endpoint)
         extra = b"x-request-id: %s\r\n" % kind_for(info.type).upstream_request_id(record.request_id).encode()
+        if prep is not None:
+            extra += prep.extra
         t = group.timeouts
         start = loop.time()  # deadlines: the loop's clock
         t0 = time.perf_counter()  # durations: uvloop's loop.time() has only millisecond resolution
@@ -283,6 +299,8 @@ class Proxy:
                 # (whole answers) the request deadline
                 first_by = start + max(min(t.first_byte_s, deadline - start), 0.001)
                 resp = await pool.request(head, data, extra, t.connect_s, first_by)
+                if prep is not None:
+                    resp = prep.wrap(resp)
                 first = await resp.readany() if stream and resp.status == 200 else b""
                 attempt.ttfb_s = time.perf_counter() - t0
                 attempt.status = resp.status
@@ -375,7 +393,7 @@ class Proxy:
             stats.observe_ttfb(attempt.ttfb_s)
         attempt.ok = True
         usage = parsed.get("usage")
-        if isinstance(usage, dict):
+        if isinstance(usage, dict) and "prompt_tokens" in usage:  # (a same-API answer's: read by outbound)
             record.prompt_tokens = usage.get("prompt_tokens")
             record.completion_tokens = usage.get("completion_tokens")
         await self._respond(x, status, data)
