@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from aib.gateway.httpserver import MAX_HEAD_BYTES, ClientDisconnected, HttpServer
+from aib.gateway.httpserver import MAX_HEAD_BYTES, ClientDisconnected, HttpServer, ServerLimits
 from aib.gateway.server import serve_app
 
 pytestmark = pytest.mark.integration
@@ -98,10 +98,8 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def serving(
-    app: Any, keepalive_s: float = 5.0, head_timeout_s: float = 30.0
-) -> AsyncIterator[tuple[HttpServer, int]]:
-    server = HttpServer(app, keepalive_s=keepalive_s, head_timeout_s=head_timeout_s)
+async def serving(app: Any, **limits: Any) -> AsyncIterator[tuple[HttpServer, int]]:
+    server = HttpServer(app, ServerLimits(**limits))
     port = await server.start(host="127.0.0.1", port=0)
     try:
         yield server, port

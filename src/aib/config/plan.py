@@ -48,6 +48,9 @@ class ProviderInfo:
     description: str | None = None
     hardware: str | None = None
     sdk: SdkOptions | None = None  # type litellm_sdk: what the LiteLLM SDK adapter needs
+    proxy: str | None = None  # None: from the environment; "direct"; or an http:// URL
+    ca_file: str | None = None  # absolute path: trust only these CAs (https)
+    tls_verify: bool = True
 
 
 @dataclass(frozen=True, slots=True)

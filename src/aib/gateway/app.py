@@ -25,7 +25,7 @@ from aib.config.plan import RoutingPlan
 from aib.doors.base import Door
 from aib.gateway.errors import GatewayError, envelope, model_not_found
 from aib.gateway.health import HealthMonitor
-from aib.gateway.proxy import ClientGone, Proxy, parse_request
+from aib.gateway.proxy import ClientGone, Proxy, check_model_length, parse_request
 from aib.gateway.settings import GatewaySettings
 from aib.gateway.upstream import UpstreamPool
 from aib.observe.records import Observer, RequestRecord
@@ -58,7 +58,7 @@ class Gateway:
         if config is not None:
             b = config.mappings.defaults.breaker
             self.state.configure_breakers(b.failure_threshold, b.cooldown_s)
-        self.pool = UpstreamPool()
+        self.pool = UpstreamPool(settings.upstream_max_head_bytes, settings.upstream_max_headers)
         self.proxy = Proxy(self.state, self.pool)
         self.observers: list[Observer] = list(observers or [])
         self.on_startup: list[Callable[[], object]] = []  # run at startup (config watcher, SIGHUP handler)
@@ -260,9 +260,13 @@ class Gateway:
             if self.keep_bodies:
                 record.request_body = body
             if exchange is None:
-                payload, record.model, record.stream = parse_request(endpoint, body)
+                payload, record.model, record.stream = parse_request(
+                    endpoint, body, self.settings.max_model_chars
+                )
             else:
-                payload, record.model, record.stream = exchange.decode(body)
+                payload, model, record.stream = exchange.decode(body)
+                check_model_length(model, self.settings.max_model_chars)
+                record.model = model
             ext = scope.get("extensions")
             notify = ext.get("aib.on_disconnect") if ext else None
             await self.proxy.handle(plan, endpoint, payload, record, receive, send, notify)
