@@ -260,7 +260,7 @@ class Reply:
     ``body_delay_s`` after the headers and before the first chunk, ``chunk_delay_s`` between chunks;
     ``reset_after`` resets the TCP connection (RST) after that many chunks (0: right after the
     headers); ``abort`` resets it before anything is sent; ``raw`` writes these bytes to the socket
-    instead of an HTTP answer, then closes it.
+    instead of an HTTP answer (a tuple: one part after another, ``chunk_delay_s`` apart), then closes it.
     Delays end early when the client goes away (recorded as :attr:`Received.disconnected`).
     """
 
@@ -274,7 +274,7 @@ class Reply:
     chunk_delay_s: float = 0.0
     reset_after: int | None = None
     abort: bool = False
-    raw: bytes | None = None
+    raw: bytes | tuple[bytes, ...] | None = None
 
     @classmethod
     def json(cls, obj: Any, status: int = 200, **kw: Any) -> Reply:
@@ -533,7 +533,10 @@ class ScriptedUpstream:
             self._gone(rec)
             return web.Response(status=499)
         if reply.raw is not None:
-            transport.write(reply.raw)
+            for i, part in enumerate(reply.raw if isinstance(reply.raw, tuple) else (reply.raw,)):
+                if i and not await _sleep_unless_closed(transport, reply.chunk_delay_s):
+                    break
+                transport.write(part)
             transport.close()
             rec.finished = True
             return web.Response(status=499)  # never sent: the transport is closed
