@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import selectors
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -362,8 +363,10 @@ class ScriptedUpstream:
     ``health_body`` (status 200) when set, and only after ``probe_delay_s``.
     """
 
-    def __init__(self, models: Iterable[str] = ("scripted",)) -> None:
+    def __init__(self, models: Iterable[str] = ("scripted",), tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: serve https with this server context (``base_url`` then names ``localhost``)."""
         self.models = list(models)
+        self.tls = tls
         self.healthy = True
         self.models_body: bytes | None = None
         self.health_body: bytes | None = None
@@ -381,7 +384,7 @@ class ScriptedUpstream:
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"https://localhost:{self.port}" if self.tls else f"http://{HOST}:{self.port}"
 
     def enqueue(self, *replies: Reply) -> ScriptedUpstream:
         with self._lock:
@@ -433,7 +436,7 @@ class ScriptedUpstream:
                 app.router.add_route("*", "/{tail:.*}", self._handle)
                 self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
                 await self._runner.setup()
-                site = web.TCPSite(self._runner, HOST, 0)
+                site = web.TCPSite(self._runner, HOST, 0, ssl_context=self.tls)
                 await site.start()
                 self.port = self._runner.addresses[0][1]
             except BaseException as exc:

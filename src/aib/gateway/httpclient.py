@@ -580,7 +580,9 @@ class Pool:
         while self._idle:
             conn = self._idle.pop()
             if conn.transport is not None:
-                conn.transport.close()
+                # TLS: no close_notify round trip (it could outlive the loop at shutdown); an idle
+                # keep-alive connection has nothing to truncate
+                conn.transport.abort() if self.tls else conn.transport.close()
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
