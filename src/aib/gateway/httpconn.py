@@ -72,7 +72,10 @@ class HttpConnection(asyncio.Protocol):
 
     def __init__(self, server: HttpServer) -> None:
         self.server = server
-        self.limits = server.limits
+        self.limits = lim = server.limits
+        self.max_head = lim.max_head_bytes  # read on every request: kept at hand
+        self.max_headers = lim.max_headers
+        self.max_pipeline = lim.max_pipeline
         self.loop = server.loop
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -85,7 +88,7 @@ class HttpConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
-        self.head_left: int | None = self.limits.max_head_bytes  # head bytes still allowed (None: in a body)
+        self.head_left: int | None = lim.max_head_bytes  # head bytes still allowed (None: in a body)
         self.held: bytes | None = None  # read but not parsed: too many requests wait
         self.error: bytes | None = None  # the error answer; the parser is done, reads are dropped
         self.expect = False
@@ -151,7 +154,7 @@ class HttpConnection(asyncio.Protocol):
             if left is not None:
                 self.head_left = left - len(data)
             self._feed(data)
-            if len(self.queue) > self.limits.max_pipeline:
+            if len(self.queue) > self.max_pipeline:
                 self._hold(b"")
         else:
             self._feed_sliced(data)
@@ -176,6 +179,8 @@ class HttpConnection(asyncio.Protocol):
             if n <= 0:
                 i = data.find(b"\r\n\r\n", pos, pos + SLICE)
                 n = i + 4 - pos if i >= 0 else SLICE
+                if self.head_left is not None:  # in a head: never more than its limit (+1) to the parser
+                    n = min(n, self.head_left + 1)
             part = data if pos == 0 and n >= end else data[pos : pos + n]
             pos += len(part)
             left = self.head_left
@@ -321,13 +326,12 @@ class HttpConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_bytes += len(url)
-        if self.head_bytes > self.limits.max_head_bytes:
+        if self.head_bytes > self.max_head:
             raise _TooLarge()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
-        lim = self.limits
-        if self.head_bytes > lim.max_head_bytes or len(self.headers) >= lim.max_headers:
+        if self.head_bytes > self.max_head or len(self.headers) >= self.max_headers:
             raise _TooLarge()
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
@@ -382,7 +386,7 @@ class HttpConnection(asyncio.Protocol):
         req.wake()
 
     def on_message_complete(self) -> None:
-        self.head_left = self.limits.max_head_bytes
+        self.head_left = self.max_head
         req = self.current
         if req is not None:
             req.complete = True

@@ -29,7 +29,8 @@ class UpstreamPool:
         """``max_head_bytes``, ``max_headers``: what an upstream answer's head may hold (502 past it)."""
         self.max_head_bytes = max_head_bytes
         self.max_headers = max_headers
-        self._pools: dict[str, tuple[str, int, Egress, Pool]] = {}
+        # name -> (the ProviderInfo last seen, (api_base, max_connections, egress), egress, pool)
+        self._pools: dict[str, tuple[ProviderInfo, tuple[str, int, Egress], Egress, Pool]] = {}
         self._heads: dict[tuple[str, str], bytes] = {}
         self._probes: dict[str, tuple[str, Egress, Pool]] = {}
         self._headers: dict[str, dict[str, str]] = {}
@@ -37,19 +38,17 @@ class UpstreamPool:
     def http(self, info: ProviderInfo) -> Pool:
         """The request-path pool of a provider (created on first use, replaced when its address changes)."""
         entry = self._pools.get(info.name)
-        egress = self.egress(info)
-        if (
-            entry is not None
-            and entry[0] == info.api_base
-            and entry[1] == info.max_connections
-            and entry[2] == egress
-        ):
+        if entry is not None and entry[0] is info:  # the request path: the same provider object
+            return entry[3]
+        key = (info.api_base, info.max_connections, self.egress(info))
+        if entry is not None and entry[1] == key:  # a new plan, the same way there
+            self._pools[info.name] = (info, key, entry[2], entry[3])
             return entry[3]
         if entry is not None:
             self._retire_pool(entry[3])
             self._heads = {k: v for k, v in self._heads.items() if k[0] != info.name}
-        pool = Pool(info.api_base, limit=info.max_connections, egress=egress)
-        self._pools[info.name] = (info.api_base, info.max_connections, egress, pool)
+        pool = Pool(info.api_base, limit=info.max_connections, egress=key[2])
+        self._pools[info.name] = (info, key, key[2], pool)
         return pool
 
     def egress(self, info: ProviderInfo) -> Egress:
