@@ -125,9 +125,6 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
         self.activity = True
-        in_head = not self._headers_done
-        if in_head:
-            self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -139,8 +136,10 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._broken("the upstream switched protocols (101); an HTTP answer was expected")
             return
-        if in_head and not self._headers_done and self._head_bytes > self.pool.max_head_bytes:
-            self._broken(f"the answer's headers exceed {self.pool.max_head_bytes} bytes")
+        if not self._headers_done:  # a head that spans reads: count it (the read that ends it is bounded)
+            self._head_bytes += len(data)
+            if self._head_bytes > self.pool.max_head_bytes and not self.lost:
+                self._broken(f"the answer's headers exceed {self.pool.max_head_bytes} bytes")
 
     def _broken(self, message: str) -> None:
         self._fail(ProtocolError(message))

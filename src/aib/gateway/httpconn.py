@@ -88,7 +88,8 @@ class HttpConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
-        self.head_left: int | None = lim.max_head_bytes  # head bytes still allowed (None: in a body)
+        self.head_left = lim.max_head_bytes  # bytes the head being received may still use
+        self.fast_limit = FAST_FEED  # reads up to this size are parsed whole (0: every read is sliced)
         self.held: bytes | None = None  # read but not parsed: too many requests wait
         self.error: bytes | None = None  # the error answer; the parser is done, reads are dropped
         self.expect = False
@@ -143,25 +144,27 @@ class HttpConnection(asyncio.Protocol):
         self.held = None
 
     def data_received(self, data: bytes) -> None:
-        left = self.head_left
-        if (
-            len(data) <= FAST_FEED
-            and not self.queue
-            and self.held is None
-            and self.error is None
-            and (left is None or len(data) <= left)
-        ):  # the common case: one request, nothing in flight
-            if left is not None:
-                self.head_left = left - len(data)
+        if len(data) <= self.fast_limit and not self.queue:  # the common case: one request, nothing in flight
             self._feed(data)
+            if self.head_since is not None:  # a head spans reads (slowly sent, or large)
+                self._head_spans(len(data))
             if len(self.queue) > self.max_pipeline:
                 self._hold(b"")
         else:
             self._feed_sliced(data)
 
+    def _head_spans(self, n: int) -> None:
+        """``n`` more bytes of an incomplete head: past the limit, 431; else the next reads are sliced
+        so that the parser never holds more than the limit."""
+        self.head_left -= n
+        if self.head_left < 0:
+            self._too_large()
+        else:
+            self.fast_limit = 0
+
     def _feed_sliced(self, data: bytes) -> None:
         """Parse ``data`` a request head (or a known-length body) at a time: stop when too many
-        requests wait (the rest is held), or when the head grows past its limit (431)."""
+        requests wait (the rest is held), or when a head grows past its limit (431)."""
         if self.error is not None:
             return  # an error was answered: what follows is dropped
         if self.held is not None:
@@ -169,30 +172,31 @@ class HttpConnection(asyncio.Protocol):
             return
         pos, end = 0, len(data)
         while pos < end:
-            if len(self.queue) > self.limits.max_pipeline:
+            if len(self.queue) > self.max_pipeline:
                 self._hold(data[pos:])
                 return
             cur = self.current
             n = -1
-            if self.head_left is None and cur is not None and not cur.complete:
-                n = cur.body_left()  # inside a body of known length: all of it at once
+            in_body = self.head_since is None and cur is not None and not cur.complete
+            if in_body and cur is not None:
+                n = cur.body_left()  # a body of known length: all of it at once
             if n <= 0:
                 i = data.find(b"\r\n\r\n", pos, pos + SLICE)
                 n = i + 4 - pos if i >= 0 else SLICE
-                if self.head_left is not None:  # in a head: never more than its limit (+1) to the parser
-                    n = min(n, self.head_left + 1)
+                if not in_body:  # in a head, or a head starts here: never past its limit (+1)
+                    n = min(n, (self.head_left if self.head_since is not None else self.max_head) + 1)
             part = data if pos == 0 and n >= end else data[pos : pos + n]
             pos += len(part)
-            left = self.head_left
-            if left is not None:
-                self.head_left = left - len(part)
             self._feed(part)
             if self.error is not None:
                 return
-            left = self.head_left
-            if left is not None and left < 0:
-                self._too_large()
-                return
+            if self.head_since is not None:
+                self.head_left -= len(part)
+                if self.head_left < 0:
+                    self._too_large()
+                    return
+        if self.head_since is None and self.held is None:
+            self.fast_limit = FAST_FEED
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -217,13 +221,14 @@ class HttpConnection(asyncio.Protocol):
     def _hold(self, rest: bytes) -> None:
         """Too many requests wait: stop reading, keep ``rest`` unparsed until they are answered."""
         self.held = rest
+        self.fast_limit = 0
         if not self.paused_reading and self.transport is not None:
             self.paused_reading = True
             self.transport.pause_reading()
 
     def _unhold(self) -> None:
         data = self.held
-        if data is None or len(self.queue) > self.limits.max_pipeline:
+        if data is None or len(self.queue) > self.max_pipeline:
             return
         self.held = None
         if data:
@@ -265,7 +270,7 @@ class HttpConnection(asyncio.Protocol):
             self.drain_waiter = None
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.lost:
+        if self.transport is not None:
             self.transport.write(data)
 
     # ---------------------------------------------------------------- errors
@@ -276,6 +281,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self.error = error_response(status, message, code)
         self.held = None
+        self.fast_limit = 0
         if not self.paused_reading:
             self.paused_reading = True
             self.transport.pause_reading()
@@ -322,6 +328,7 @@ class HttpConnection(asyncio.Protocol):
         self.expect = False
         self.idle_since = None
         self.head_since = self.server.clock
+        self.head_left = self.max_head
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -340,7 +347,6 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_since = None
-        self.head_left = None
         parser = self.parser
         url = self.url
         if url[0] != 0x2F:  # not "/": an absolute-form target (as sent to a proxy) or "*"
@@ -386,7 +392,6 @@ class HttpConnection(asyncio.Protocol):
         req.wake()
 
     def on_message_complete(self) -> None:
-        self.head_left = self.max_head
         req = self.current
         if req is not None:
             req.complete = True
@@ -409,7 +414,8 @@ class HttpConnection(asyncio.Protocol):
         except Exception:
             if not req.started or req.status:  # nothing sent yet: say so in the envelope
                 log.exception("unhandled error in the application")
-                self.write(error_response(500, "Internal server error.", "internal_error"))
+                if not self.lost:
+                    self.write(error_response(500, "Internal server error.", "internal_error"))
             else:
                 log.exception("application error after the response started")
             self._finished(req)
@@ -419,7 +425,7 @@ class HttpConnection(asyncio.Protocol):
         finally:
             server.inflight -= 1
             if not req.done:  # the app returned without finishing its response
-                if not req.started:
+                if not self.lost and not req.started:
                     self.write(error_response(500, "The application sent no response.", "internal_error"))
                 self._finished(req)
 

@@ -89,7 +89,8 @@ def parse_request(
         raise bad_request("Missing required parameter: 'model'.", "model", "missing_required_parameter")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' must be a non-empty string.", "model", "invalid_type")
-    check_model_length(model, max_model_chars)
+    if len(model) > max_model_chars:
+        check_model_length(model, max_model_chars)
     if not model.isprintable():  # a pattern copies it into the x-aib-model response header
         raise bad_request("'model' must not contain control characters.", "model", "invalid_value")
     field, kind = REQUIRED[endpoint]
