@@ -64,7 +64,6 @@ class _Conn(asyncio.Protocol):
         "_error",
         "_head_bytes",
         "_headers_done",
-        "_interim",
         "_paused",
         "_repeats",
         "_timer",
@@ -107,7 +106,6 @@ class _Conn(asyncio.Protocol):
         self._headers_done = False
         self._head_bytes = 0
         self._repeats = 0  # header lines folded into an earlier one of the same name
-        self._interim = False  # a 1xx answer is being skipped
         self._complete = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -178,8 +176,7 @@ class _Conn(asyncio.Protocol):
         if status < 200:
             if status == 101:  # the parser stops at an upgrade: data_received reports it
                 return
-            self._interim = True  # 100 Continue, 103 Early Hints, ...: the real answer follows
-            self.headers = {}
+            self.headers = {}  # 100 Continue, 103 Early Hints, ...: the real answer follows
             self._repeats = 0
             return  # its bytes still count against the head limit: endless 1xx answers end too
         self.status = status
@@ -200,8 +197,7 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
+        if not self.status:  # the end of an interim 1xx answer (its status is never kept)
             return
         self._complete = True
         self._wake()

@@ -73,6 +73,8 @@ class HttpRequest:
         "task",
         "waiter",
     )
+    length: int  # Content-Length (-1: none): set by body_left() when first needed
+    started_at: float  # (server clock) when the app began to run it: set by the connection's _start
 
     def __init__(self, conn: HttpConnection, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
         self.conn = conn
@@ -80,7 +82,6 @@ class HttpRequest:
         self.body: list[bytes] = []
         self.body_size = 0  # unread by the app
         self.received = 0  # body bytes received in all
-        self.length = -2  # Content-Length (-1: none), looked up only when reads are sliced
         self.complete = False
         self.body_sent = False
         self.waiter: asyncio.Future[None] | None = None
@@ -88,7 +89,6 @@ class HttpRequest:
         self.expect_continue = expect
         self.head_only = scope["method"] == "HEAD"
         self.started = False  # http.response.start received
-        self.started_at = 0.0  # (server clock) when the app began to run it
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunked = False  # the head went out with transfer-encoding: chunked
@@ -97,14 +97,17 @@ class HttpRequest:
         self.on_gone: Callable[[], None] | None = None
 
     def body_left(self) -> int:
-        """Body bytes still to come when the length is known, else -1."""
-        if self.length == -2:
-            self.length = -1
+        """Body bytes still to come when the length is known, else -1 (only when reads are sliced:
+        ``length`` is looked up then, not on the common path)."""
+        length: int | None = getattr(self, "length", None)
+        if length is None:
+            length = -1
             for name, value in self.scope["headers"]:
                 if name == b"content-length" and value.isdigit():
-                    self.length = int(value)
+                    length = int(value)
                     break
-        return self.length - self.received if self.length >= 0 else -1
+            self.length = length
+        return length - self.received if length >= 0 else -1
 
     def notify_disconnect(self, callback: Callable[[], None] | None) -> None:
         """The ``aib.on_disconnect`` extension: call ``callback`` once if the client goes away before
