@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from edge_support import get_once, peak_rss, push, read_answer, served_gateway
@@ -193,11 +194,18 @@ def test_connections_past_the_cap_get_503(tmp_path: Path, up: ScriptedUpstream) 
                 s.sendall(b"GET /health/live HTTP/1.1\r\nHost: a\r\n\r\n")
                 assert s.recv(4096).startswith(b"HTTP/1.1 200")
                 held.append(s)
-            refused = get_once(gw.port)
-            assert refused.startswith(b"HTTP/1.1 503 ")
+            body = orjson.dumps(CHAT)
+            refused = raw(gw.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n"
+                          b"x-request-id: refused-1\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            assert refused.startswith(b"HTTP/1.1 503 ") and refused.count(b"HTTP/1.1") == 1
             assert b"retry-after: 1\r\n" in refused and b'"code":"too_many_connections"' in refused
             held.pop().close()
-            wait_until(lambda: get_once(gw.port).startswith(b"HTTP/1.1 200"), 5, what="a free slot")
+            with httpx.Client(base_url=gw.base_url, timeout=20) as client:
+                wait_until(lambda: client.get("/health/live").status_code == 200, 5, what="a free slot")
+                resp = client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "after-1"})
+            assert resp.status_code == 200
+            gw.observer.wait_for("after-1")
+            assert gw.observer.find("refused-1") is None  # a refused connection's request never runs
         finally:
             for s in held:
                 s.close()

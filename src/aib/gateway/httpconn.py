@@ -110,6 +110,7 @@ class HttpConnection(asyncio.Protocol):
         server.connections.add(self)
         if server.open >= self.limits.max_connections:
             self.lost = True  # never parsed: answered at once
+            self.fast_limit = 0  # what it sends goes to _feed_sliced, which drops it
             self.error = error_response(
                 503,
                 f"The gateway has {self.limits.max_connections} open connections "
