@@ -146,7 +146,12 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if len(data) <= self.fast_limit and not self.queue:  # the common case: one request, nothing in flight
-            self._feed(data)
+            try:  # _feed, inlined: this runs for every request
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                pass  # no protocol switching: the request is answered as plain HTTP
+            except httptools.HttpParserError as exc:
+                self._parse_error(exc)
             if self.head_since is not None:  # a head spans reads (slowly sent, or large)
                 self._head_spans(len(data))
             if len(self.queue) > self.max_pipeline:
@@ -204,11 +209,14 @@ class HttpConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # no protocol switching: the request is answered as plain HTTP
-        except httptools.HttpParserError as exc:  # a callback's exception arrives wrapped in it
-            if isinstance(exc.__context__, _TooLarge):
-                self._too_large()
-            else:
-                self.reject(400, f"Malformed HTTP request: {exc}", "bad_request")
+        except httptools.HttpParserError as exc:
+            self._parse_error(exc)
+
+    def _parse_error(self, exc: httptools.HttpParserError) -> None:
+        if isinstance(exc.__context__, _TooLarge):  # a callback's exception arrives wrapped in it
+            self._too_large()
+        else:
+            self.reject(400, f"Malformed HTTP request: {exc}", "bad_request")
 
     def _too_large(self) -> None:
         lim = self.limits
