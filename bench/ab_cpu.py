@@ -6,6 +6,8 @@ path alone) or on (``--observe``). Two measures, each in one run:
 * **CPU per request at concurrency 64** (``wrk``, else the asyncio load generator): the gateway
   process tree's CPU time over the requests it served, in alternating rounds so that the noise of a
   shared machine hits both alike; medians.
+* **The same with both loaded at once** (``--together N``): each gateway gets its own c=64 load at
+  the same moment, so that a burst of other work on the machine hits both in the same round.
 * **Instructions per request** (``--callgrind``): the gateway under valgrind's callgrind, counters
   zeroed after a warm-up, then N sequential keep-alive requests; independent of the machine's load,
   which on a shared 2-core machine makes CPU time per request swing by ±20 %.
@@ -14,6 +16,7 @@ Prints a table and writes ``bench/results/ab_cpu.json``.
 
     git archive <commit> src | tar -x -C /tmp/before          # the earlier source tree
     .venv/bin/python bench/ab_cpu.py --before /tmp/before/src                # ~4 minutes
+    .venv/bin/python bench/ab_cpu.py --before /tmp/before/src --rounds 0 --together 10
     .venv/bin/python bench/ab_cpu.py --before /tmp/before/src --callgrind 2000 --rounds 0
 """
 
@@ -70,6 +73,51 @@ def cpu_rounds(envs: dict[str, dict[str, str]], cfg: Path, workdir: Path, rounds
                 proc.stop()
     return {
         name: {**{k: statistics.median(x[k] for x in rs) for k in rs[0]}, "rounds": rs} for name, rs in rows.items()
+    }
+
+
+def together_rounds(envs: dict[str, dict[str, str]], cfg: Path, workdir: Path, rounds: int, seconds: float) -> Any:
+    """Both gateways under c=64 load at the same moment: the machine's noise hits both alike."""
+    import threading
+
+    from aib.benchmark.client import first_ok
+    from aib.benchmark.load import Loader
+    from aib.benchmark.procs import free_port, spawn, wait_ready
+    from aib.benchmark.runner import BODY
+
+    rows: dict[str, list[float]] = {name: [] for name in envs}
+    for r in range(rounds):
+        procs = {}
+        for name, env in envs.items():
+            port = free_port()
+            procs[name] = (spawn(f"{name}-{time.monotonic_ns()}", serve_argv(cfg, port), env, workdir), port)
+        try:
+            res: dict[str, dict[str, float]] = {}
+            for name, (proc, port) in procs.items():
+                wait_ready(proc, lambda port=port: first_ok(port, BODY), 30)  # type: ignore[misc]
+                (workdir / name).mkdir(exist_ok=True)
+
+            def load(name: str, port: int, secs: float) -> None:
+                res[name] = Loader(BODY, workdir / name)(port, 64, secs)
+
+            cpu0: dict[str, float] = {}
+            for secs in (1.0, seconds):  # a warm-up, then the measure
+                cpu0 = {name: proc.cpu_s() for name, (proc, _) in procs.items()}
+                threads = [threading.Thread(target=load, args=(n, port, secs)) for n, (_, port) in procs.items()]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+            for name, (proc, _) in procs.items():
+                rows[name].append((proc.cpu_s() - cpu0[name]) / max(res[name]["requests"], 1.0) * 1e6)
+            print(f"  round {r + 1} " + "  ".join(f"{n} {rows[n][-1]:6.1f} µs/req" for n in rows), flush=True)
+        finally:
+            for proc, _ in procs.values():
+                proc.stop()
+    diffs = [a - b for a, b in zip(rows["after"], rows["before"], strict=True)]
+    return {
+        **{name: {"cpu_us_per_req": statistics.median(v), "rounds": v} for name, v in rows.items()},
+        "median_difference_us": statistics.median(diffs),
     }
 
 
@@ -130,6 +178,7 @@ def main() -> int:
     ap.add_argument("--before", type=Path, required=True, help="the earlier source tree (its src/ folder)")
     ap.add_argument("--rounds", type=int, default=8, help="alternating rounds of c=64 load (0: none)")
     ap.add_argument("--duration", type=float, default=4.0, help="seconds of load per candidate and round")
+    ap.add_argument("--together", type=int, default=0, metavar="N", help="also N rounds with both loaded at once")
     ap.add_argument("--callgrind", type=int, default=0, metavar="N", help="also count instructions of N requests")
     ap.add_argument("--observe", action="store_true", help="observability on (default: off)")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "ab_cpu.json")
@@ -156,6 +205,8 @@ def main() -> int:
         wait_ready(fake, lambda: first_ok(up, BODY), 20)
         if a.rounds:
             result["cpu_c64"] = cpu_rounds(envs, cfg, workdir, a.rounds, a.duration)
+        if a.together:
+            result["cpu_c64_together"] = together_rounds(envs, cfg, workdir, a.together, a.duration)
         if a.callgrind:
             result["instructions"] = {k: instructions(envs[k], cfg, workdir, k, a.callgrind) for k in ("before", "after")}
     finally:
