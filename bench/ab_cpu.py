@@ -66,17 +66,27 @@ def cpu_rounds(envs: dict[str, dict[str, str]], cfg: Path, workdir: Path, rounds
                 cpu0 = proc.cpu_s()
                 res = loader(port, 64, seconds)
                 n = max(1.0, res["requests"])
-                row = {"rps": res["rps"], "errors": res["errors"], "cpu_us_per_req": (proc.cpu_s() - cpu0) / n * 1e6}
+                row = {
+                    "rps": res["rps"],
+                    "errors": res["errors"],
+                    "cpu_us_per_req": (proc.cpu_s() - cpu0) / n * 1e6,
+                }
                 rows.setdefault(name, []).append(row)
-                print(f"  round {r + 1} {name:7} {row['rps']:>8,.0f} req/s {row['cpu_us_per_req']:7.1f} µs/req", flush=True)
+                print(
+                    f"  round {r + 1} {name:7} {row['rps']:>8,.0f} req/s {row['cpu_us_per_req']:7.1f} µs/req",
+                    flush=True,
+                )
             finally:
                 proc.stop()
     return {
-        name: {**{k: statistics.median(x[k] for x in rs) for k in rs[0]}, "rounds": rs} for name, rs in rows.items()
+        name: {**{k: statistics.median(x[k] for x in rs) for k in rs[0]}, "rounds": rs}
+        for name, rs in rows.items()
     }
 
 
-def together_rounds(envs: dict[str, dict[str, str]], cfg: Path, workdir: Path, rounds: int, seconds: float) -> Any:
+def together_rounds(
+    envs: dict[str, dict[str, str]], cfg: Path, workdir: Path, rounds: int, seconds: float
+) -> Any:
     """Both gateways under c=64 load at the same moment: the machine's noise hits both alike."""
     import threading
 
@@ -84,6 +94,9 @@ def together_rounds(envs: dict[str, dict[str, str]], cfg: Path, workdir: Path, r
     from aib.benchmark.load import Loader
     from aib.benchmark.procs import free_port, spawn, wait_ready
     from aib.benchmark.runner import BODY
+
+    def load(res: dict[str, dict[str, float]], name: str, port: int, secs: float) -> None:
+        res[name] = Loader(BODY, workdir / name)(port, 64, secs)
 
     rows: dict[str, list[float]] = {name: [] for name in envs}
     for r in range(rounds):
@@ -97,13 +110,12 @@ def together_rounds(envs: dict[str, dict[str, str]], cfg: Path, workdir: Path, r
                 wait_ready(proc, lambda port=port: first_ok(port, BODY), 30)  # type: ignore[misc]
                 (workdir / name).mkdir(exist_ok=True)
 
-            def load(name: str, port: int, secs: float) -> None:
-                res[name] = Loader(BODY, workdir / name)(port, 64, secs)
-
             cpu0: dict[str, float] = {}
             for secs in (1.0, seconds):  # a warm-up, then the measure
                 cpu0 = {name: proc.cpu_s() for name, (proc, _) in procs.items()}
-                threads = [threading.Thread(target=load, args=(n, port, secs)) for n, (_, port) in procs.items()]
+                threads = [
+                    threading.Thread(target=load, args=(res, n, port, secs)) for n, (_, port) in procs.items()
+                ]
                 for t in threads:
                     t.start()
                 for t in threads:
@@ -147,7 +159,9 @@ def instructions(env: dict[str, str], cfg: Path, workdir: Path, label: str, n: i
                 time.sleep(1)
 
         def one() -> None:
-            conn.request("POST", "/v1/chat/completions", body=BODY, headers={"content-type": "application/json"})
+            conn.request(
+                "POST", "/v1/chat/completions", body=BODY, headers={"content-type": "application/json"}
+            )
             resp = conn.getresponse()
             resp.read()
             if resp.status != 200:
@@ -178,8 +192,12 @@ def main() -> int:
     ap.add_argument("--before", type=Path, required=True, help="the earlier source tree (its src/ folder)")
     ap.add_argument("--rounds", type=int, default=8, help="alternating rounds of c=64 load (0: none)")
     ap.add_argument("--duration", type=float, default=4.0, help="seconds of load per candidate and round")
-    ap.add_argument("--together", type=int, default=0, metavar="N", help="also N rounds with both loaded at once")
-    ap.add_argument("--callgrind", type=int, default=0, metavar="N", help="also count instructions of N requests")
+    ap.add_argument(
+        "--together", type=int, default=0, metavar="N", help="also N rounds with both loaded at once"
+    )
+    ap.add_argument(
+        "--callgrind", type=int, default=0, metavar="N", help="also count instructions of N requests"
+    )
     ap.add_argument("--observe", action="store_true", help="observability on (default: off)")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "ab_cpu.json")
     a = ap.parse_args()
@@ -208,15 +226,19 @@ def main() -> int:
         if a.together:
             result["cpu_c64_together"] = together_rounds(envs, cfg, workdir, a.together, a.duration)
         if a.callgrind:
-            result["instructions"] = {k: instructions(envs[k], cfg, workdir, k, a.callgrind) for k in ("before", "after")}
+            result["instructions"] = {
+                k: instructions(envs[k], cfg, workdir, k, a.callgrind) for k in ("before", "after")
+            }
     finally:
         fake.stop()
-    print(f"\n{'':8}{'req/s c64':>11}{'CPU/req µs c64':>16}{'instructions/req':>18}")
+    nan = float("nan")
+    print(f"\n{'':8}{'req/s c64':>11}{'CPU/req µs c64':>16}{'same, together':>16}{'instructions/req':>18}")
     for k in ("before", "after"):
         c = result.get("cpu_c64", {}).get(k, {})
+        t = result.get("cpu_c64_together", {}).get(k, {})
         i = result.get("instructions", {}).get(k)
-        print(f"{k:8}{c.get('rps', float('nan')):>11,.0f}{c.get('cpu_us_per_req', float('nan')):>16.1f}"
-              f"{i if i is not None else float('nan'):>18,.0f}")  # fmt: skip
+        print(f"{k:8}{c.get('rps', nan):>11,.0f}{c.get('cpu_us_per_req', nan):>16.1f}"
+              f"{t.get('cpu_us_per_req', nan):>16.1f}{i if i is not None else nan:>18,.0f}")  # fmt: skip
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {a.out} (medians of {a.rounds} rounds; logs in {workdir})")
