@@ -54,7 +54,7 @@ def _wire(ptype: str, prov: ProviderBase) -> tuple[str | None, frozenset[str]]:
     return wire, frozenset(apis)
 
 
-def _provider_info(name: str, prov: ProviderBase) -> ProviderInfo:
+def _provider_info(name: str, prov: ProviderBase, config_dir: Path | None = None) -> ProviderInfo:
     ptype: str = prov.type  # type: ignore[attr-defined]
     wire, native_apis = _wire(ptype, prov)
     prefix = prov.api_prefix if isinstance(prov, OpenAICompatibleProvider) else "/v1"
@@ -87,7 +87,18 @@ def _provider_info(name: str, prov: ProviderBase) -> ProviderInfo:
             }
         ),
         max_tokens=getattr(prov, "max_tokens", 4096),
+        proxy=prov.proxy,
+        ca_file=_config_path(prov.tls.ca_file, config_dir),
+        tls_verify=prov.tls.verify,
     )
+
+
+def _config_path(path: str | None, config_dir: Path | None) -> str | None:
+    """A path from the config: relative ones are read from the config folder."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() or config_dir is None else (config_dir / p).resolve())
 
 
 def _timeouts(base: Timeouts, route: Route) -> Timeouts:
@@ -130,7 +141,7 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
             raise ConfigError(errors)
     p, m = cfg.providers, cfg.mappings
     d = m.defaults
-    providers = {n: _provider_info(n, prov) for n, prov in p.providers.items()}
+    providers = {n: _provider_info(n, prov, cfg.config_dir) for n, prov in p.providers.items()}
 
     aliases: dict[str, str] = {}
     for name, route in m.models.items():

@@ -100,6 +100,7 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("*Provider", "health"): {"interval_s": 30, "timeout_s": 5},
     ("*Provider", "api_key_env"): "OPENAI_API_KEY",
     ("*Provider", "max_connections"): 32,
+    ("*Provider", "tls"): {"ca_file": "certs/lab-ca.pem"},
     ("*Provider", "hardware"): "1x GPU, 24 GB",
     ("*Provider", "tags"): ["gpu", "lab"],
     ("OpenAIProvider", "base_url"): "https://api.openai.com",

@@ -63,6 +63,9 @@ class ProviderInfo:
     native_apis: frozenset[str] = frozenset()
     model_settings: Mapping[str, ModelSettings] = field(default_factory=dict)  # upstream model -> settings
     max_tokens: int = 4096  # Anthropic (native): max_tokens when a request gives none
+    proxy: str | None = None  # None: from the environment; "direct"; or an http:// URL
+    ca_file: str | None = None  # absolute path: trust only these CAs (https)
+    tls_verify: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,26 @@ class ModelSpec(Strict):
     description: str | None = None
 
 
+class Tls(Strict):
+    """Which certificates an https provider may present."""
+
+    ca_file: str | None = Field(
+        None,
+        description="PEM file of the CA certificates to trust for this provider instead of the system's "
+        "(a lab's internal CA). A relative path is read from the config folder.",
+        examples=["certs/lab-ca.pem"],
+    )
+    verify: bool = Field(
+        True,
+        examples=[False],
+        description="Check the server's certificate and host name. `false` accepts any certificate (a "
+        "test bench only: anyone on the path can read the traffic); `aib validate` warns.",
+    )
+
+
+PROXY_DIRECT = "direct"
+
+
 def _model_list(v: object) -> object:
     if isinstance(v, list):
         return [{"name": m} if isinstance(m, str) else m for m in v]
@@ -116,6 +136,17 @@ class ProviderBase(Strict):
         description="Name of the environment variable holding the API key. The key never goes in the file.",
     )
     max_connections: int = Field(100, gt=0, le=10000, description="Pooled connections to this provider.")
+    proxy: str | None = Field(
+        None,
+        description="HTTP proxy for this provider: an http://host:port URL, or `direct` to never use one. "
+        "Unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment (loopback addresses never go "
+        "through an environment proxy). https providers are reached through a CONNECT tunnel. Proxy "
+        "credentials belong in the environment (HTTPS_PROXY=http://user:password@host:port), not here.",
+        examples=["http://proxy.lab.example:3128", "direct"],
+    )
+    tls: Tls = Field(
+        default_factory=Tls, description="TLS of an https provider: the CAs to trust, whether to check."
+    )
     hardware: str | None = Field(None, description="Hardware notes (GPU, VRAM), informational.")
     tags: tuple[str, ...] = Field((), description="Free labels, informational.")
     responses_api: bool | None = Field(
@@ -159,6 +190,25 @@ class ProviderBase(Strict):
                 "responses_api out)"
             )
         return self
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str | None) -> str | None:
+        if v is None or v == PROXY_DIRECT:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"give an http://host:port URL or `{PROXY_DIRECT}` (got {v!r})")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "no credentials in the file: put the proxy in HTTPS_PROXY / HTTP_PROXY "
+                "(http://user:password@host:port) and leave `proxy` unset"
+            )
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"bad port in {v!r}: {exc}") from None
+        return v.rstrip("/")
 
     @property
     def host_port(self) -> tuple[str, int]:

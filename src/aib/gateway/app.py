@@ -30,7 +30,7 @@ from aib.gateway.errors import GatewayError, envelope, model_not_found
 from aib.gateway.guard import admin_verdict, exposure_problem
 from aib.gateway.health import HealthMonitor
 from aib.gateway.key_admin import install_key_admin
-from aib.gateway.proxy import ClientGone, Proxy, parse_request
+from aib.gateway.proxy import ClientGone, Proxy, check_model_length, parse_request
 from aib.gateway.respond import JSON, Receive, Scope, Send, read_body, send_error, send_json
 from aib.gateway.settings import GatewaySettings
 from aib.gateway.upstream import UpstreamPool
@@ -66,7 +66,7 @@ class Gateway:
         if config is not None:
             b = config.mappings.defaults.breaker
             self.state.configure_breakers(b.failure_threshold, b.cooldown_s)
-        self.pool = UpstreamPool()
+        self.pool = UpstreamPool(settings.upstream_max_head_bytes, settings.upstream_max_headers)
         # secret values masked in everything the gateway emits (aib.secrets): provider keys, the
         # admin key, and what other parts add to `extra_secrets` (the SDK adapter's token)
         self.extra_secrets: list[str] = []
@@ -362,9 +362,13 @@ class Gateway:
             if self.keep_bodies:
                 record.request_body = body
             if exchange is None:
-                payload, record.model, record.stream = parse_request(endpoint, body)
+                payload, record.model, record.stream = parse_request(
+                    endpoint, body, self.settings.max_model_chars
+                )
             else:
-                payload, record.model, record.stream = exchange.decode(body)
+                payload, model, record.stream = exchange.decode(body)
+                check_model_length(model, self.settings.max_model_chars)
+                record.model = model
             if self.scrubber.values:  # a secret pasted as a model name never reaches a log
                 record.model = self.scrubber.text(record.model)
             if key is not None:  # may: this model, within these limits

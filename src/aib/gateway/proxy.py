@@ -40,10 +40,11 @@ REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
 }
 STREAMABLE = frozenset({"chat/completions", "completions"})
 SSE_DONE = b"data: [DONE]"
-WATCH_AFTER_S = 1.0
+WATCH_AFTER_S = 1.0  # a request still running after this long starts watching for a client hang-up
 # answers up to this size are parsed whole to check them; larger ones (embeddings of many inputs run
 # to megabytes, ~1 ms of CPU per MB to parse) are checked at their ends and only `usage` is parsed
-FULL_PARSE_MAX = 16 * 1024  # a request still running after this long starts watching for a client hang-up
+FULL_PARSE_MAX = 16 * 1024
+MAX_MODEL_CHARS = 256  # GatewaySettings.max_model_chars
 
 
 class ClientGone(Exception):
@@ -73,7 +74,9 @@ class Exchange:
     read_timeout_s: float = 120.0
 
 
-def parse_request(endpoint: str, body: bytes) -> tuple[dict[str, Any], str, bool]:
+def parse_request(
+    endpoint: str, body: bytes, max_model_chars: int = MAX_MODEL_CHARS
+) -> tuple[dict[str, Any], str, bool]:
     """Validate what the gateway itself needs; everything else is the upstream's to judge."""
     if not body:
         raise bad_request("The request body is empty; send a JSON object with at least `model`.")
@@ -88,6 +91,8 @@ def parse_request(endpoint: str, body: bytes) -> tuple[dict[str, Any], str, bool
         raise bad_request("Missing required parameter: 'model'.", "model", "missing_required_parameter")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' must be a non-empty string.", "model", "invalid_type")
+    if len(model) > max_model_chars:
+        check_model_length(model, max_model_chars)
     if not model.isprintable():  # a pattern copies it into the x-aib-model response header
         raise bad_request("'model' must not contain control characters.", "model", "invalid_value")
     field, kind = REQUIRED[endpoint]
@@ -102,6 +107,16 @@ def parse_request(endpoint: str, body: bytes) -> tuple[dict[str, Any], str, bool
     if stream and endpoint not in STREAMABLE:
         raise bad_request(f"{endpoint} does not support streaming.", "stream", "invalid_value")
     return payload, model, bool(stream)
+
+
+def check_model_length(model: str, limit: int) -> None:
+    """A model name is a short identifier: a longer one is refused before it reaches a log or a lookup."""
+    if len(model) > limit:
+        raise bad_request(
+            f"'model' is {len(model)} characters long; the limit is {limit} (AIB_MAX_MODEL_CHARS).",
+            "model",
+            "invalid_value",
+        )
 
 
 def _retry_after(headers: Any) -> float | None:
