@@ -39,7 +39,7 @@ from aib.limits.limiter import LimitExceeded, Ticket
 from aib.limits.slots import Slots
 from aib.observe.records import Observer, RequestRecord
 from aib.routing.state import RuntimeState
-from aib.secrets import Scrubber, env_values
+from aib.secrets import Scrubber, env_values, proxy_secrets
 
 log = logging.getLogger("aib.gateway")
 
@@ -166,10 +166,10 @@ class Gateway:
                 ) from None
 
     def refresh_secrets(self) -> None:
-        """Read the secret values again (a reload re-reads the environment)."""
+        """Read the secret values again: provider keys, the admin key, proxy credentials."""
         names = [p.api_key_env for p in self.base_plan.providers.values()]
         names.append(self.settings.admin_key_env)
-        self.scrubber.update([*env_values(names), *self.extra_secrets])
+        self.scrubber.update([*env_values(names), *proxy_secrets(), *self.extra_secrets])
 
     def warnings(self) -> list[str]:
         """What /health says is unsafe about how this gateway runs."""
