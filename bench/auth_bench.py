@@ -13,8 +13,15 @@ Per round: CPU per request of the gateway's process tree (writer included) under
 latency over one keep-alive connection, interleaved in blocks with the fake called directly (added
 p50). Prints a table of the medians and writes ``bench/results/auth.json``.
 
+On a shared machine CPU time per request swings by ±20 % between rounds and even between two
+identical gateway processes, so ``--callgrind N`` adds the measure that does not depend on the load:
+instructions per request (valgrind's callgrind) of the gateway's request path in one process
+(``bench/_auth_inproc.py``: its ASGI callable driven directly, N requests after a warm-up, minus a run
+of N/4, divided by the difference), for each case.
+
     .venv/bin/python bench/auth_bench.py                  # ~2 minutes
     .venv/bin/python bench/auth_bench.py --rounds 5 --duration 5
+    .venv/bin/python bench/auth_bench.py --rounds 0 --callgrind 2000     # ~4 minutes, instructions only
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +45,7 @@ from aib.benchmark.procs import Proc, free_port, machine_info, spawn, wait_idle,
 from aib.benchmark.runner import BODY, MODEL, aib_command, clean_env, write_bench_config
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
 BIG = 10**12  # a limit no run reaches
 
 
@@ -83,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--seq", type=int, default=1500, help="sequential requests per gateway and round")
+    ap.add_argument("--callgrind", type=int, default=0, help="instructions per request over N requests")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "auth.json")
     args = ap.parse_args(argv)
+    if args.rounds == 0:
+        return instructions_only(args)
 
     workdir = Path(tempfile.mkdtemp(prefix="aib-auth-bench-"))
     env = clean_env()
@@ -196,6 +209,48 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")
     return 0 if all(v["met"] for v in verdicts) else 1
+
+
+def callgrind(case: str, n: int, up_port: int, workdir: Path) -> int:
+    """Instructions the in-process driver runs for ``case`` and ``n`` requests."""
+    out = workdir / f"cg-{case}-{n}.out"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+           str(BENCH / "_auth_inproc.py"), case, str(n), str(up_port), str(workdir)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
+    m = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or m is None:
+        raise RuntimeError(f"callgrind {case} {n}: exit {done.returncode}: {done.stderr[-1500:]}")
+    return int(m.group(1))
+
+
+def instructions_only(args: argparse.Namespace) -> int:
+    from _auth_inproc import prepare  # type: ignore[import-not-found]
+
+    n = max(args.callgrind, 400)
+    workdir = Path(tempfile.mkdtemp(prefix="aib-auth-cg-"))
+    env = clean_env()
+    up_port = free_port()
+    fake = spawn(
+        "fake", [sys.executable, "-m", "aib.devtools.fake_openai", "--port", str(up_port)], env, workdir
+    )
+    per_request: dict[str, float] = {}
+    try:
+        wait_ready(fake, lambda: first_ok(up_port, BODY), 20)
+        prepare(workdir, up_port)
+        for case in ("off", "plain", "models", "conc", "budget", "tpm", "rpm", "full", "429"):
+            low, high = callgrind(case, n // 4, up_port, workdir), callgrind(case, n, up_port, workdir)
+            per_request[case] = (high - low) / (n - n // 4)
+            print(f"{case:6} {per_request[case]:>10,.0f} instructions per request", flush=True)
+    finally:
+        fake.stop()
+    added = {c: per_request[c] - per_request["off"] for c in per_request if c != "off"}
+    print(f"\nkeys without limits add {added['plain']:,.0f} instructions per request, with every limit "
+          f"{added['full']:,.0f}; a 429 costs {per_request['429']:,.0f} (a proxied request {per_request['off']:,.0f})")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"instructions_per_request": per_request, "added_over_off": added, "requests": n,
+              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+    args.out.with_name("auth_instructions.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

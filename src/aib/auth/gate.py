@@ -27,13 +27,13 @@ from aib.auth.access import AccessCache
 from aib.auth.keys import ADMIN, ClientKey
 from aib.auth.store import KeyStore, SqliteKeyStore, Usage
 from aib.config.plan import RoutingPlan
-from aib.limits.budgets import day_and_month
 from aib.limits.limiter import Limiter, Ticket
 from aib.limits.slots import LocalSlots, Slots
 
 log = logging.getLogger("aib.auth")
 POLL_S = 0.25  # how often the store's generation is read
-MISS_REFRESH_S = 0.1  # an unknown key makes the store be read again, at most this often
+MISS_REFRESH_S = 0.1
+TOKEN_CACHE_MAX = 4096  # an unknown key makes the store be read again, at most this often
 FLUSH_S = 1.0  # how often usage goes to the store
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 
@@ -78,6 +78,9 @@ class Gate:
         self._task: asyncio.Task[None] | None = None
         self._warned: set[str] = set()
         self._refreshed_at = 0.0
+        # keys seen lately -> their key: a hash and the admin comparison only on a key's first use
+        # (cleared whenever the keys or the secrets change; made-up keys are never kept)
+        self._tokens: dict[bytes, ClientKey] = {}
         self._reloading = threading.Lock()
         self._refresh: asyncio.Future[None] | None = None
 
@@ -102,6 +105,7 @@ class Gate:
             keys = store.load()
             self.keys = {bytes.fromhex(k.hash): k for k in keys}
             self.by_id = {k.id: k for k in keys}
+            self._tokens = {}
             self.generation = gen
             return True
 
@@ -179,12 +183,18 @@ class Gate:
                 "an administrator makes one with `aib keys create NAME`.",
                 "missing_api_key",
             )
-        admin = self.admin_key()
-        if admin and hmac.compare_digest(token, admin.encode()):
-            return ADMIN
-        key = self.keys.get(sha256(token).digest())
+        key = self._tokens.get(token)
         if key is None:
-            raise AuthError(401, "Invalid API key: this gateway knows no such key.", "invalid_api_key")
+            admin = self.admin_key()
+            if admin and hmac.compare_digest(token, admin.encode()):
+                key = ADMIN
+            else:
+                key = self.keys.get(sha256(token).digest())
+                if key is None:  # never remembered: made-up keys cannot fill the memory
+                    raise AuthError(401, "Invalid API key: this gateway knows no such key.", "invalid_api_key")
+            if len(self._tokens) >= TOKEN_CACHE_MAX:
+                self._tokens.clear()
+            self._tokens[token] = key
         if key.revoked_at is not None or key.expires_at is not None:
             state = key.state()
             if state != "active":
@@ -223,6 +233,10 @@ class Gate:
         finally:
             self._refreshed_at = time.monotonic()
             self._refresh = None
+
+    def forget_tokens(self) -> None:
+        """Look every key up afresh (the admin key may have changed)."""
+        self._tokens = {}
 
     # ------------------------------------------------------------------ may
 
@@ -272,33 +286,24 @@ class Gate:
             charged = ticket.reserved if ticket is not None and status == 200 else 0
         if ticket is not None:
             self.limiter.settle(ticket, charged)
-        if key.num:
-            self._count(
-                key,
-                prompt or 0,
-                completion or 0,
-                charged,
-                limited=int(limited),
-                errors=int(status >= 400 and not limited),
-            )
-
-    def _count(
-        self, key: ClientKey, prompt: int, completion: int, charged: int, limited: int = 0, errors: int = 0
-    ) -> None:
-        day = self.limiter.budgets.today(time.time())
+        if not key.num:  # the admin key: no usage of its own
+            return
+        budgets = self.limiter.budgets
+        now = time.time()
+        day = budgets.day if now < budgets.day_ends else budgets.today(now)
         u = self._usage.get((key.num, day))
         if u is None:
             u = self._usage[(key.num, day)] = Usage(key.num, day)
         u.requests += 1
-        u.prompt_tokens += prompt
-        u.completion_tokens += completion
+        if prompt:
+            u.prompt_tokens += prompt
+        if completion:
+            u.completion_tokens += completion
         u.charged_tokens += charged
-        u.limited += limited
-        u.errors += errors
+        if limited:
+            u.limited += 1
+        elif status >= 400:
+            u.errors += 1
 
     def usage_today(self, key: ClientKey) -> tuple[int, int]:
         return self.limiter.budgets.used(key.num)
-
-
-def today() -> str:
-    return day_and_month(time.time())[0]

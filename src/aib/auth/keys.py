@@ -60,10 +60,10 @@ class ClientKey:
     budget_month: int | None = None  # tokens per UTC month
     metadata: dict[str, Any] = field(default_factory=dict)
     rotated_from: str | None = None
+    limited: bool = field(init=False, repr=False, compare=False)  # has any limit (read per request)
 
-    @property
-    def limited(self) -> bool:
-        return any(getattr(self, f) is not None for f in LIMIT_FIELDS)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limited", any(getattr(self, f) is not None for f in LIMIT_FIELDS))
 
     def state(self, now: float | None = None) -> str:
         """active, revoked or expired."""

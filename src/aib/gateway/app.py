@@ -170,6 +170,7 @@ class Gateway:
         names = [p.api_key_env for p in self.base_plan.providers.values()]
         names.append(self.settings.admin_key_env)
         self.scrubber.update([*env_values(names), *proxy_secrets(), *self.extra_secrets])
+        self.gate.forget_tokens()
 
     def warnings(self) -> list[str]:
         """What /health says is unsafe about how this gateway runs."""
@@ -372,10 +373,12 @@ class Gateway:
             if self.scrubber.values:  # a secret pasted as a model name never reaches a log
                 record.model = self.scrubber.text(record.model)
             if key is not None:  # may: this model, within these limits
-                self.gate.check_model(key, record.model, plan)
-                ticket = self.gate.admit(key, payload, len(body), endpoint, plan.auth.reserve_tokens)
-                if ticket is not None and ticket.headers:
-                    send = _adding_headers(send, ticket.headers)
+                if key.models:
+                    self.gate.check_model(key, record.model, plan)
+                if key.limited:
+                    ticket = self.gate.admit(key, payload, len(body), endpoint, plan.auth.reserve_tokens)
+                    if ticket is not None and ticket.headers:
+                        send = _adding_headers(send, ticket.headers)
             ext = scope.get("extensions")
             notify = ext.get("aib.on_disconnect") if ext else None
             await self.proxy.handle(plan, endpoint, payload, record, receive, send, notify)

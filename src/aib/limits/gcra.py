@@ -20,7 +20,8 @@ def take(tat: float, now: float, cost: float, interval: float, window: float) ->
     with ``wait`` the seconds until it would be. A cost above the whole window's worth is charged as
     the whole window: such a request waits for a full bucket, then passes."""
     base = tat if tat > now else now
-    new = base + min(cost * interval, window)
+    charge = cost * interval
+    new = base + (charge if charge < window else window)
     ahead = new - now
     if ahead > window + 1e-9:
         return tat, ahead - window
