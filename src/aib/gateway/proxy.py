@@ -38,10 +38,13 @@ REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
 }
 STREAMABLE = frozenset({"chat/completions", "completions"})
 SSE_DONE = b"data: [DONE]"
-WATCH_AFTER_S = 1.0
+# after [DONE], how long the rest of an upstream's answer (the end of its chunked body) may take to
+# arrive before its connection is dropped instead of reused
+DRAIN_AFTER_DONE_S = 1.0
+WATCH_AFTER_S = 1.0  # a request still running after this long starts watching for a client hang-up
 # answers up to this size are parsed whole to check them; larger ones (embeddings of many inputs run
 # to megabytes, ~1 ms of CPU per MB to parse) are checked at their ends and only `usage` is parsed
-FULL_PARSE_MAX = 16 * 1024  # a request still running after this long starts watching for a client hang-up
+FULL_PARSE_MAX = 16 * 1024
 
 
 class ClientGone(Exception):
@@ -441,10 +444,12 @@ class Proxy:
         try:
             await self._pump(x, resp, first)
         except asyncio.CancelledError:
+            resp.close()  # drop the upstream connection: the upstream stops generating
+            if attempt.ok:  # cancelled after [DONE] (a shutdown while draining): it was served
+                raise
             record.client_disconnected = watch.gone
             stats.breaker.release()
             attempt.error = "client disconnected" if watch.gone else "cancelled"
-            resp.close()  # drop the upstream connection: the upstream stops generating
             raise
         return None
 
@@ -452,7 +457,9 @@ class Proxy:
         """Forward whole SSE events as they arrive; bytes are not re-encoded.
 
         Only complete events are sent (a chunk may end mid-event), so an error event appended after a
-        broken stream always starts on an event boundary.
+        broken stream always starts on an event boundary. The ``[DONE]`` event ends the client's
+        response at once: a client may hang up as soon as it has it (the ``openai`` SDK closes the
+        connection right after it), and the stream was served whatever the upstream does next.
         """
         info, attempt, record, send, stats = x.info, x.attempt, x.record, x.send, x.stats
         strip_usage, read_timeout_s = x.strip_usage, x.read_timeout_s
@@ -471,8 +478,10 @@ class Proxy:
                     out, pending = data[:cut], data[cut:]
                     if b'"usage":{' in out or b'"usage": {' in out:  # not the `"usage": null` of every chunk
                         out = _take_usage(out, record, strip_usage)
-                    if not done and SSE_DONE in out:
-                        done = True
+                    end = _done_end(out) if SSE_DONE in out else 0
+                    if end:
+                        await self._served(x, resp, out[:end])
+                        return
                     if out:
                         if record.ttfb_s is None:
                             record.ttfb_s = time.time() - record.started_at
@@ -492,7 +501,7 @@ class Proxy:
         tail = b""
         if error is None and pending.strip():
             tail = pending + b"\n\n"  # a last event without its blank line
-            done = done or SSE_DONE in pending
+            done = _done_end(tail) > 0
         if error is None and not done:
             error = f"{info.name} ended the stream before [DONE]"
         if error is not None:
@@ -507,6 +516,29 @@ class Proxy:
         x.watch.close()  # the last send completes the response
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _served(self, x: Exchange, resp: Response, last: bytes) -> None:
+        """The upstream sent ``[DONE]``: the attempt succeeded; ``last`` (ending with that event) ends
+        the client's response. Then whatever the upstream still sends (normally only the end of its
+        chunked body) is read and dropped, briefly, so its connection can be reused."""
+        x.attempt.ok = True
+        x.stats.breaker.success()
+        record = x.record
+        if record.ttfb_s is None:
+            record.ttfb_s = time.time() - record.started_at
+        x.watch.close()  # from here on a hang-up is the end of a complete answer, not a reason to cancel
+        try:
+            await x.send({"type": "http.response.body", "body": last, "more_body": False})
+        except OSError:  # gone just before the last bytes: the upstream did its part all the same
+            record.client_disconnected = True
+        loop = self.loop
+        assert loop is not None
+        resp.set_deadline(loop.time() + DRAIN_AFTER_DONE_S)
+        try:
+            while await resp.readany():
+                pass
+        except (TimeoutError, UpstreamError):
+            resp.close()
 
 
 def _fail(
@@ -523,6 +555,24 @@ def _fail(
     stats.failures += 1
     stats.breaker.failure(message, retry_after)
     return Failure(upstream_failed(status, message, code), retriable, retry_after)
+
+
+def _done_end(data: bytes) -> int:
+    """Index just past the ``data: [DONE]`` event in ``data`` (whole events), 0 when there is none.
+
+    Only a line that starts with it counts: inside a JSON ``data:`` line a newline is escaped, so
+    content that merely mentions ``data: [DONE]`` never matches."""
+    at = 0 if data.startswith(SSE_DONE) else -1
+    if at < 0:
+        i = data.find(b"\n" + SSE_DONE)
+        at = i + 1 if i >= 0 else -1
+    if at < 0:
+        return 0
+    end = data.find(b"\n\n", at)
+    end_crlf = data.find(b"\r\n\r\n", at)
+    if end_crlf >= 0 and (end < 0 or end_crlf < end):
+        return end_crlf + 4
+    return end + 2 if end >= 0 else len(data)
 
 
 def _last_event_end(data: bytes) -> int:
