@@ -182,19 +182,23 @@ class Proxy:
         attempts_left = res.group.max_attempts
         last: Failure | None = None
         tried: set[str] = set()
-        for pass_no in (0, 1):
+        for pass_no in (0, 1, 2):
             for group in res.chain:
                 if pass_no == 0:
                     targets = balance.order(group, self.state)
-                else:  # last resort: health said no, but nothing else was tried; breakers still count
+                elif pass_no == 1:  # health said no, but nothing else was tried; breakers still count
                     targets = [t for t in group.targets if t.id not in tried]
+                else:  # panic: breakers shut out every deployment, yet probes say these are up
+                    targets = balance.order(group, self.state, self._panic(group))
                 for target in targets:
                     if attempts_left <= 0 or loop.time() >= deadline:
                         break
                     if target.id in tried or target.provider not in plan.providers:
                         continue
                     info = plan.providers[target.provider]
-                    if not info.enabled or not self.state.stats(target.id).breaker.acquire():
+                    if not info.enabled:
+                        continue
+                    if pass_no < 2 and not self.state.stats(target.id).breaker.acquire():
                         continue
                     tried.add(target.id)
                     attempts_left -= 1
@@ -209,28 +213,79 @@ class Proxy:
             if tried or attempts_left <= 0:
                 break
         if last is not None:
-            raise last.error
-        raise self._nothing_available(res.chain)
+            raise self._all_failed(plan, res, record, tried, last)
+        raise self._nothing_available(plan, res.chain)
 
-    def _nothing_available(self, chain: tuple[Group, ...]) -> GatewayError:
+    def _all_failed(
+        self, plan: RoutingPlan, res: Resolution, record: RequestRecord, tried: set[str], last: Failure
+    ) -> GatewayError:
+        """The answer when every attempt failed: each deployment tried and why it failed, then those
+        not tried and why not (one failure alone, with nothing else in the chain, keeps its message)."""
+        failed = [a for a in record.attempts if not a.ok and a.error]
         now = time.monotonic()
-        reasons = []
+        skipped: dict[str, str] = {}
+        for g in res.chain:
+            for t in g.targets:
+                if t.id not in tried and t.id not in skipped:
+                    reason = self._why_not(plan, t, now)[0]
+                    skipped[t.id] = reason or f"{t.id}: not tried (attempt limit or deadline reached)"
+        if len(failed) <= 1 and not skipped:
+            return last.error
+        err = last.error
+        message = (
+            f"Tried {len(failed)} deployments, all failed: " if len(failed) > 1 else "Tried 1 deployment: "
+        )
+        message += "; ".join(f"{a.target}: {a.error}" for a in failed) + "."
+        if skipped:
+            message += f" Not tried: {'; '.join(skipped.values())}."
+        combined = GatewayError(
+            err.status, message + " GET /health shows provider states.", err.type, err.code
+        )
+        combined.headers.update(err.headers)
+        return combined
+
+    def _why_not(self, plan: RoutingPlan, t: Target, now: float) -> tuple[str | None, float | None]:
+        """Why a deployment takes no request now (None: nothing stops it), and when its breaker
+        lets one through again."""
+        st = self.state.targets.get(t.id)
+        h = self.state.health.get(t.provider)
+        info = plan.providers.get(t.provider)
+        if info is None or not info.enabled:
+            return f"{t.id}: disabled", None
+        if st is not None and not st.breaker.allows(now):
+            left = max(st.breaker.opened_until - now, 0.0)
+            return f"{t.id}: circuit open ({st.breaker.last_error})", left
+        if h is not None and not h.usable:
+            return f"{t.provider}: down ({h.last_error})", None
+        return None, None
+
+    def _panic(self, group: Group) -> list[Target]:
+        """The deployments of ``group`` that answered their last probe, breakers or not.
+
+        Envoy calls this panic routing: when the breakers would refuse every request, the ones the
+        probes vouch for serve anyway (a success closes a breaker, a failure keeps it open); the
+        alternative is a 503 to every client while a working server waits out a cool-down."""
+        out = []
+        for t in group.targets:
+            h = self.state.health.get(t.provider)
+            if h is not None and h.healthy is True:
+                out.append(t)
+        return out
+
+    def _nothing_available(self, plan: RoutingPlan, chain: tuple[Group, ...]) -> GatewayError:
+        now = time.monotonic()
+        reasons: dict[str, str] = {}
         wait: float | None = None
         for g in chain:
             for t in g.targets:
-                st = self.state.targets.get(t.id)
-                h = self.state.health.get(t.provider)
-                if st is not None and not st.breaker.allows(now):
-                    left = max(st.breaker.opened_until - now, 0.0)
+                reason, left = self._why_not(plan, t, now)
+                reasons.setdefault(t.id, reason or f"{t.id}: disabled")
+                if left is not None:
                     wait = left if wait is None else min(wait, left)
-                    reasons.append(f"{t.id}: circuit open ({st.breaker.last_error})")
-                elif h is not None and not h.usable:
-                    reasons.append(f"{t.provider}: down ({h.last_error})")
-                else:
-                    reasons.append(f"{t.id}: disabled")
         err = GatewayError(
             503,
-            f"No deployment can take this request now: {'; '.join(reasons)}. GET /health shows provider states.",
+            f"No deployment can take this request now: {'; '.join(reasons.values())}. "
+            "GET /health shows provider states.",
             "service_unavailable",
             "no_healthy_deployment",
         )

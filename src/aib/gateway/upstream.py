@@ -19,6 +19,13 @@ from aib.providers import kind_for
 
 USER_AGENT = f"ai-backend-unified/{__version__}"
 PROBE_CONNECTIONS = 2  # probes and discovery of one provider, one after the other
+# How long an idle keep-alive connection may be reused. uvicorn (llama-cpp-python, vLLM, LiteLLM)
+# closes one after 5 s idle; a request written just as it does meets a reset, not an answer. With
+# probes every 5 s that happened to about one probe in thirty on `make demo` (the provider flapped
+# down and up), and to requests after a 5 s pause (a failed attempt, a fallback). So requests reuse a
+# connection idle up to 4 s, and probes only within the same check (the probe, then discovery).
+REUSE_IDLE_S = 4.0
+PROBE_REUSE_IDLE_S = 1.0
 
 
 class UpstreamPool:
@@ -37,7 +44,7 @@ class UpstreamPool:
             return entry[2]
         if entry is not None:
             self._retire_pool(entry[2])
-        pool = Pool(info.api_base, limit=info.max_connections)
+        pool = Pool(info.api_base, limit=info.max_connections, idle_timeout_s=REUSE_IDLE_S)
         self._pools[info.name] = (info.api_base, info.max_connections, pool)
         return pool
 
@@ -62,7 +69,8 @@ class UpstreamPool:
         if entry is None or entry[0] != origin:
             if entry is not None:  # same name, new address
                 entry[1].close()
-            entry = self._probes[info.name] = (origin, Pool(origin, limit=PROBE_CONNECTIONS))
+            pool = Pool(origin, limit=PROBE_CONNECTIONS, idle_timeout_s=PROBE_REUSE_IDLE_S)
+            entry = self._probes[info.name] = (origin, pool)
         return entry[1], (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     async def probe_get(self, info: ProviderInfo, url: str, timeout_s: float) -> tuple[int, bytes]:
