@@ -204,7 +204,8 @@ class RoutingPlan:
             return None
         res = self.resolve(other)  # an exact, alias or discovered name: no recursion
         if res is None or not all(
-            (p := self.providers.get(t.provider)) is not None and p.type == "ollama" for t in res.group.targets
+            (p := self.providers.get(t.provider)) is not None and p.type == "ollama"
+            for t in res.group.targets
         ):
             return None
         found = self._known[name] = Resolution(
