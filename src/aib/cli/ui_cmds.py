@@ -12,7 +12,15 @@ from typing import Annotated
 
 import typer
 
-from aib.cli.common import EXIT_BAD_INPUT, GatewayOpt, console, err_console, fail
+from aib.cli.common import (
+    EXIT_BAD_INPUT,
+    GatewayOpt,
+    ServedConfigDirOpt,
+    console,
+    err_console,
+    fail,
+    served_version_note,
+)
 
 DEFAULT_DB = "var/requests.db"
 OFF = ("off", "none", "0", "false", "no", "")
@@ -33,6 +41,7 @@ def ui(
             help="The gateway's request log (SQLite), read for analytics and history; 'off' for none.",
         ),
     ] = DEFAULT_DB,
+    config_dir: ServedConfigDirOpt = None,
 ) -> None:
     """Start the web UI: chat, compare models side by side, analytics, request history, provider health.
 
@@ -53,13 +62,17 @@ def ui(
     if not _port_free(port):
         fail(f"port {port} on 127.0.0.1 is in use: choose another with --port")
     try:
-        request_json(url + "/health/live", timeout=2)
+        _, ready = request_json(url + "/health/ready", timeout=2)
     except GatewayDown:
         err_console.print(
             f"[yellow]warning:[/yellow] nothing answers at {url} yet; the UI says so until the gateway runs "
             "(start it with `aib serve`)",
             soft_wrap=True,
         )
+    else:
+        note = served_version_note(ready.get("plan_version") if isinstance(ready, dict) else None, config_dir)
+        if note:
+            err_console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     from aib.webui.app import close_ui, create_ui, launch_ui
 
     demo = create_ui(url, request_log)
