@@ -6,7 +6,6 @@ aib ui --port 5002 --gateway http://127.0.0.1:4001 --db /srv/aib/requests.db
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 from typing import Annotated
 
@@ -23,6 +22,7 @@ from aib.cli.common import (
 )
 
 DEFAULT_DB = "var/requests.db"
+UI_MODULES = ("gradio", "matplotlib", "openai")
 OFF = ("off", "none", "0", "false", "no", "")
 
 
@@ -46,11 +46,15 @@ def ui(
     """Start the web UI: chat, compare models side by side, analytics, request history, provider health.
 
     The UI talks to the gateway like any client (OpenAI API) and reads the request log read-only.
-    Needs the ui extra (gradio, matplotlib): see the README's Web UI section.
+    Installs the ui extra (gradio, matplotlib, openai) the first time it runs, with pip, into the same
+    environment.
     """
-    missing = [m for m in ("gradio", "matplotlib", "openai") if importlib.util.find_spec(m) is None]
-    if missing:
-        fail(f"the web UI needs {', '.join(missing)}: install the ui extra (pip install -e '.\\[ui]')")
+    from aib.cli.extras import ExtraError, ensure_extra
+
+    try:  # make run installs only the gateway: the UI's libraries come with the first `aib ui`
+        ensure_extra("ui", UI_MODULES, lambda line: err_console.print(line, soft_wrap=True, markup=False))
+    except ExtraError as exc:
+        fail(str(exc))
     from aib.cli.http import GatewayDown, request_json
     from aib.webui.gateway import root_url
 

@@ -45,9 +45,10 @@ def default_demo_dir() -> Path:
 
 
 def webui_available() -> bool:
-    """True once the web UI is installed: the ``aib.webui`` package and the `aib ui` command."""
+    """True once the web UI can start at once: the ``aib.webui`` package, the `aib ui` command and the
+    ui extra's libraries (`make demo` installs them; `aib ui` alone would install them first)."""
     try:
-        if importlib.util.find_spec("aib.webui") is None:
+        if any(importlib.util.find_spec(m) is None for m in ("aib.webui", "gradio", "matplotlib", "openai")):
             return False
     except (ImportError, ValueError):  # pragma: no cover - a broken install
         return False
@@ -221,7 +222,7 @@ class DemoStack:
         command = self.opts.ui_command
         if command is None:
             if not webui_available():
-                self.out("  web UI     skipped: the web UI (aib ui) is not installed in this version")
+                self.out("  web UI     skipped: its libraries are not installed (`make demo` installs them)")
                 return
             command = (*aib_command(), "ui", "--port", "{port}")
         holder = port_holder(self.opts.ui_port)
