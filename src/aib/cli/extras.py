@@ -54,14 +54,18 @@ def ensure_extra(
         return []
     reqs = extra_requirements(extra)
     if not reqs:
-        raise ExtraError(f"{', '.join(missing)} missing, and the {extra} extra is unknown to this installation")
+        raise ExtraError(
+            f"{', '.join(missing)} missing, and the {extra} extra is unknown to this installation"
+        )
     say(
         f"{', '.join(missing)} not installed: installing the {extra} extra now ({' '.join(reqs)}) into "
         f"{sys.prefix}; this happens once"
     )
     code = (run or _pip)([sys.executable, "-m", "pip", "install", *reqs])
     if code != 0:
-        raise ExtraError(f"pip could not install the {extra} extra (exit {code}): pip install {' '.join(reqs)}")
+        raise ExtraError(
+            f"pip could not install the {extra} extra (exit {code}): pip install {' '.join(reqs)}"
+        )
     still = missing_modules(modules)
     if still:
         raise ExtraError(f"{', '.join(still)} still missing after installing the {extra} extra")
