@@ -53,7 +53,7 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 $(CORE_STAMP): pyproject.toml | $(PY)
 	@if [ $(STAMP) -nt pyproject.toml ] || [ $(DEMO_STAMP) -nt pyproject.toml ]; then touch $@; else \
 	  echo "make run: installing the gateway (its own dependencies only)"; \
-	  $(PY) -m pip install -q -e . && touch $@; fi
+	  $(PY) -m pip install -q --no-compile -e . && touch $@; fi
 
 sysdeps:
 	@missing=""; \

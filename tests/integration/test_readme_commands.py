@@ -371,7 +371,7 @@ def test_the_python_snippet_runs(ctx: Ctx) -> None:
 
 @pytest.mark.parametrize(
     ("target", "installs"),
-    [("run", "pip install -q -e ."), ("demo", "pip install -e '.[llamacpp,ui]'")],
+    [("run", "pip install -q --no-compile -e ."), ("demo", "pip install -e '.[llamacpp,ui]'")],
 )
 def test_make_run_and_demo_install_only_what_they_need(target: str, installs: str, tmp_path: Path) -> None:
     """On a fresh checkout (no .venv): `make run` installs the gateway alone, `make demo` adds only its
