@@ -18,9 +18,11 @@ from typing import Any
 import orjson
 
 from aib.config.plan import Group, ProviderInfo, Resolution, RoutingPlan, Target
+from aib.gateway import refusals
 from aib.gateway.disconnect import DisconnectWatch, Notify
 from aib.gateway.errors import GatewayError, bad_request, envelope, model_not_found, upstream_failed
 from aib.gateway.httpclient import ConnectError, Response, UpstreamError
+from aib.gateway.sse import SSE_DONE, done_end, last_event_end, take_usage
 from aib.gateway.upstream import UpstreamPool
 from aib.observe.records import Attempt, RequestRecord
 from aib.providers import kind_for
@@ -37,7 +39,6 @@ REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "embeddings": ("input", (str, list)),
 }
 STREAMABLE = frozenset({"chat/completions", "completions"})
-SSE_DONE = b"data: [DONE]"
 # after [DONE], how long the rest of an upstream's answer (the end of its chunked body) may take to
 # arrive before its connection is dropped instead of reused
 DRAIN_AFTER_DONE_S = 1.0
@@ -189,7 +190,7 @@ class Proxy:
                 elif pass_no == 1:  # health said no, but nothing else was tried; breakers still count
                     targets = [t for t in group.targets if t.id not in tried]
                 else:  # panic: breakers shut out every deployment, yet probes say these are up
-                    targets = balance.order(group, self.state, self._panic(group))
+                    targets = balance.order(group, self.state, refusals.panic_targets(group, self.state))
                 for target in targets:
                     if attempts_left <= 0 or loop.time() >= deadline:
                         break
@@ -213,85 +214,8 @@ class Proxy:
             if tried or attempts_left <= 0:
                 break
         if last is not None:
-            raise self._all_failed(plan, res, record, tried, last)
-        raise self._nothing_available(plan, res.chain)
-
-    def _all_failed(
-        self, plan: RoutingPlan, res: Resolution, record: RequestRecord, tried: set[str], last: Failure
-    ) -> GatewayError:
-        """The answer when every attempt failed: each deployment tried and why it failed, then those
-        not tried and why not (one failure alone, with nothing else in the chain, keeps its message)."""
-        failed = [a for a in record.attempts if not a.ok and a.error]
-        now = time.monotonic()
-        skipped: dict[str, str] = {}
-        for g in res.chain:
-            for t in g.targets:
-                if t.id not in tried and t.id not in skipped:
-                    reason = self._why_not(plan, t, now)[0]
-                    skipped[t.id] = reason or f"{t.id}: not tried (attempt limit or deadline reached)"
-        if len(failed) <= 1 and not skipped:
-            return last.error
-        err = last.error
-        message = (
-            f"Tried {len(failed)} deployments, all failed: " if len(failed) > 1 else "Tried 1 deployment: "
-        )
-        message += "; ".join(f"{a.target}: {a.error}" for a in failed) + "."
-        if skipped:
-            message += f" Not tried: {'; '.join(skipped.values())}."
-        combined = GatewayError(
-            err.status, message + " GET /health shows provider states.", err.type, err.code
-        )
-        combined.headers.update(err.headers)
-        return combined
-
-    def _why_not(self, plan: RoutingPlan, t: Target, now: float) -> tuple[str | None, float | None]:
-        """Why a deployment takes no request now (None: nothing stops it), and when its breaker
-        lets one through again."""
-        st = self.state.targets.get(t.id)
-        h = self.state.health.get(t.provider)
-        info = plan.providers.get(t.provider)
-        if info is None or not info.enabled:
-            return f"{t.id}: disabled", None
-        if st is not None and not st.breaker.allows(now):
-            left = max(st.breaker.opened_until - now, 0.0)
-            return f"{t.id}: circuit open ({st.breaker.last_error})", left
-        if h is not None and not h.usable:
-            return f"{t.provider}: down ({h.last_error})", None
-        return None, None
-
-    def _panic(self, group: Group) -> list[Target]:
-        """The deployments of ``group`` that answered their last probe, breakers or not.
-
-        Envoy calls this panic routing: when the breakers would refuse every request, the ones the
-        probes vouch for serve anyway (a success closes a breaker, a failure keeps it open); the
-        alternative is a 503 to every client while a working server waits out a cool-down."""
-        out = []
-        for t in group.targets:
-            h = self.state.health.get(t.provider)
-            if h is not None and h.healthy is True:
-                out.append(t)
-        return out
-
-    def _nothing_available(self, plan: RoutingPlan, chain: tuple[Group, ...]) -> GatewayError:
-        now = time.monotonic()
-        reasons: dict[str, str] = {}
-        wait: float | None = None
-        for g in chain:
-            for t in g.targets:
-                reason, left = self._why_not(plan, t, now)
-                reasons.setdefault(t.id, reason or f"{t.id}: disabled")
-                if left is not None:
-                    wait = left if wait is None else min(wait, left)
-        err = GatewayError(
-            503,
-            f"No deployment can take this request now: {'; '.join(reasons.values())}. "
-            "GET /health shows provider states.",
-            "service_unavailable",
-            "no_healthy_deployment",
-        )
-        if wait is not None:
-            err.headers["retry-after"] = str(max(int(wait + 0.999), 1))
-        return err
+            raise refusals.all_failed(self.state, plan, res.chain, record, tried, last.error)
+        raise refusals.nothing_available(self.state, plan, res.chain)
 
     async def _attempt(
         self,
@@ -526,14 +450,14 @@ class Proxy:
         try:
             while True:
                 data = pending + chunk if pending else chunk
-                cut = _last_event_end(data)
+                cut = last_event_end(data)
                 if cut == 0:
                     pending = data
                 else:
                     out, pending = data[:cut], data[cut:]
                     if b'"usage":{' in out or b'"usage": {' in out:  # not the `"usage": null` of every chunk
-                        out = _take_usage(out, record, strip_usage)
-                    end = _done_end(out) if SSE_DONE in out else 0
+                        out = take_usage(out, record, strip_usage)
+                    end = done_end(out) if SSE_DONE in out else 0
                     if end:
                         await self._served(x, resp, out[:end])
                         return
@@ -556,7 +480,7 @@ class Proxy:
         tail = b""
         if error is None and pending.strip():
             tail = pending + b"\n\n"  # a last event without its blank line
-            done = _done_end(tail) > 0
+            done = done_end(tail) > 0
         if error is None and not done:
             error = f"{info.name} ended the stream before [DONE]"
         if error is not None:
@@ -610,54 +534,6 @@ def _fail(
     stats.failures += 1
     stats.breaker.failure(message, retry_after)
     return Failure(upstream_failed(status, message, code), retriable, retry_after)
-
-
-def _done_end(data: bytes) -> int:
-    """Index just past the ``data: [DONE]`` event in ``data`` (whole events), 0 when there is none.
-
-    Only a line that starts with it counts: inside a JSON ``data:`` line a newline is escaped, so
-    content that merely mentions ``data: [DONE]`` never matches."""
-    at = 0 if data.startswith(SSE_DONE) else -1
-    if at < 0:
-        i = data.find(b"\n" + SSE_DONE)
-        at = i + 1 if i >= 0 else -1
-    if at < 0:
-        return 0
-    end = data.find(b"\n\n", at)
-    end_crlf = data.find(b"\r\n\r\n", at)
-    if end_crlf >= 0 and (end < 0 or end_crlf < end):
-        return end_crlf + 4
-    return end + 2 if end >= 0 else len(data)
-
-
-def _last_event_end(data: bytes) -> int:
-    """Index just past the last complete SSE event in ``data`` (0 when there is none)."""
-    a = data.rfind(b"\n\n")
-    b = data.rfind(b"\r\n\r\n")
-    return max(a + 2 if a >= 0 else 0, b + 4 if b >= 0 else 0)
-
-
-def _take_usage(out: bytes, record: RequestRecord, strip: bool) -> bytes:
-    """Read token usage from the stream's usage event; drop that event when the client did not ask."""
-    kept = []
-    for event in out.split(b"\n\n"):
-        if event.startswith(b"data: {") and (b'"usage":{' in event or b'"usage": {' in event):
-            try:
-                obj = orjson.loads(event[6:])
-            except orjson.JSONDecodeError:
-                kept.append(event)
-                continue
-            usage = obj.get("usage") if isinstance(obj, dict) else None
-            if isinstance(usage, dict):
-                record.prompt_tokens = usage.get("prompt_tokens")
-                record.completion_tokens = usage.get("completion_tokens")
-                if strip and not obj.get("choices"):
-                    continue
-                if strip:  # usage riding on a content chunk: keep the chunk, hide the usage
-                    obj["usage"] = None
-                    event = b"data: " + orjson.dumps(obj)
-        kept.append(event)
-    return b"\n\n".join(kept)
 
 
 def _skim(data: bytes) -> dict[str, Any] | None:
