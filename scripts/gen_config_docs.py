@@ -34,6 +34,7 @@ SECTIONS: tuple[tuple[str, str, type[BaseModel], tuple[str, ...]], ...] = (
     ("provider-models", "`providers.<name>.models[]`: one model", ProvidersFile, ("ModelSpec",)),
     ("provider-health", "`providers.<name>.health`", ProvidersFile, ("HealthCheck",)),
     ("mappings-file", "`model-mappings.yaml`: top level", MappingsFile, ("MappingsFile",)),
+    ("auth", "`auth`: client keys and limits", MappingsFile, ("Auth",)),
     ("defaults", "`defaults`", MappingsFile, ("Defaults",)),
     ("defaults-timeouts", "`defaults.timeouts`", MappingsFile, ("Timeouts",)),
     ("defaults-retries", "`defaults.retries`", MappingsFile, ("Retries",)),

@@ -17,10 +17,13 @@ from aib.devtools.models import ensure_model
 
 
 @pytest.fixture(autouse=True)
-def _no_stray_request_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Gateways built by tests do not write var/requests.db in the checkout unless a test asks."""
+def _no_stray_request_log(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Gateways built by tests do not write var/requests.db or var/keys.db in the checkout unless a
+    test asks."""
     if "AIB_REQUEST_LOG" not in os.environ:
         monkeypatch.setenv("AIB_REQUEST_LOG", "off")
+    if "AIB_KEYS_DB" not in os.environ:
+        monkeypatch.setenv("AIB_KEYS_DB", str(tmp_path_factory.mktemp("keys") / "keys.db"))
 
 
 @pytest.fixture(scope="session")

@@ -361,7 +361,7 @@ class ScriptedUpstream:
 
     Probes (``GET /v1/models`` lists :attr:`models`; ``GET /health`` answers ``{"status": "ok"}``) are
     only counted (:attr:`probes`). They answer 503 when :attr:`healthy` is False, ``models_body`` /
-    ``health_body`` (status 200) when set, and only after ``probe_delay_s``.
+    ``health_body`` (with ``probe_status``, 200 by default) when set, and only after ``probe_delay_s``.
     """
 
     def __init__(self, models: Iterable[str] = ("scripted",)) -> None:
@@ -369,6 +369,7 @@ class ScriptedUpstream:
         self.healthy = True
         self.models_body: bytes | None = None
         self.health_body: bytes | None = None
+        self.probe_status = 200
         self.probe_delay_s = 0.0
         self.requests: list[Received] = []
         self.probes = 0
@@ -393,6 +394,7 @@ class ScriptedUpstream:
     def clear(self) -> None:
         """Forget the script and the recorded requests; probes answer normally again."""
         self.healthy, self.models_body, self.health_body, self.probe_delay_s = True, None, None, 0.0
+        self.probe_status = 200
         with self._lock:
             self._script.clear()
             self.requests.clear()
@@ -480,10 +482,14 @@ class ScriptedUpstream:
             return web.json_response({"error": {"message": "scripted: unhealthy"}}, status=503)
         if request.path == "/health":
             if self.health_body is not None:
-                return web.Response(body=self.health_body, content_type="application/json")
+                return web.Response(
+                    body=self.health_body, status=self.probe_status, content_type="application/json"
+                )
             return web.json_response({"status": "ok"})
         if self.models_body is not None:
-            return web.Response(body=self.models_body, content_type="application/json")
+            return web.Response(
+                body=self.models_body, status=self.probe_status, content_type="application/json"
+            )
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "scripted"} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 

@@ -271,8 +271,17 @@ class ServedGateway:
     ``aib serve`` execs the supervisor, so :attr:`proc`'s PID is the supervisor's.
     """
 
-    def __init__(self, config_dir: Path, log_path: Path, *args: str, workers: int = 2, port: int = 0) -> None:
+    def __init__(
+        self,
+        config_dir: Path,
+        log_path: Path,
+        *args: str,
+        workers: int = 2,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config_dir = config_dir
+        self.env = {**serve_env(), **(env or {})}
         self.log_path = log_path
         self.count = workers
         self.argv = [
@@ -288,7 +297,7 @@ class ServedGateway:
     def start(self) -> ServedGateway:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=serve_env()
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env
             )
         return self
 

@@ -160,8 +160,8 @@ def traffic(client: httpx.Client) -> dict[str, httpx.Response]:
     return out
 
 
-def metrics_text(client: httpx.Client) -> str:
-    resp = client.get("/metrics")
+def metrics_text(client: httpx.Client, admin_key: str | None = None) -> str:
+    resp = client.get("/metrics", headers={"authorization": f"Bearer {admin_key}"} if admin_key else None)
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
     return resp.text
@@ -363,7 +363,8 @@ def test_keys_never_reach_logs_metrics_or_the_request_log(
                 admin_ok = client.get(
                     "/admin/route", params={"model": "m1"}, headers={"authorization": f"Bearer {admin}"}
                 )
-                metrics = metrics_text(client)
+                assert client.get("/metrics").status_code == 401  # an admin key is set: it guards /metrics
+                metrics = metrics_text(client, admin)
             assert first.status_code == 401 and second.status_code == 502 and third.status_code == 200
             assert admin_ok.status_code == 200
             assert up.requests[0].headers["authorization"] == f"Bearer {key}"  # the key was really in use

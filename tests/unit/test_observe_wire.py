@@ -14,6 +14,7 @@ from aib.observe.wire import (
     CONFIG,
     ERROR,
     HEADER_SIZE,
+    KEY_NAME,
     MODEL,
     PROMPT_TOKENS,
     REQUEST_BODY,
@@ -33,9 +34,11 @@ pytestmark = pytest.mark.unit
 
 def test_to_wire_keeps_every_field_a_writer_needs() -> None:
     rec = make_record("m", status=502, error="boom", prompt_tokens=3, request_body=b"{}")
+    rec.key_name = "team-a"
     rec.attempts.insert(0, Attempt("x/m", "x", "m", "m", None, "refused", None, 0.001, False))
     w = to_wire(rec)
-    assert len(w) == 23
+    assert len(w) == 24
+    assert w[KEY_NAME] == "team-a"
     assert (w[REQUEST_ID], w[MODEL], w[STATUS], w[ERROR], w[PROMPT_TOKENS]) == (
         rec.request_id,
         "m",

@@ -120,11 +120,14 @@ def paired(
     max_s: float = 30.0,
     block: int = 25,
     timeout: float = 10.0,
+    headers: Sequence[bytes] = (),
 ) -> list[Samples]:
     """``warmup + n`` sequential requests per port over one keep-alive connection each, in blocks of
-    ``block`` per port in turn (port 0, port 1, port 0, ...). Stops early after ``max_s`` seconds."""
+    ``block`` per port in turn (port 0, port 1, port 0, ...). Stops early after ``max_s`` seconds.
+    ``headers``: extra header lines per port (``b"Authorization: Bearer ...\\r\\n"``), when given."""
     conns = [RawConn(p, timeout) for p in ports]
-    reqs = [http_request(body, p) for p in ports]
+    extra = list(headers) or [b""] * len(ports)
+    reqs = [http_request(body, p, headers=h) for p, h in zip(ports, extra, strict=True)]
     out = [Samples(p) for p in ports]
     deadline = time.monotonic() + max_s
     try:

@@ -47,10 +47,11 @@ def parse_wrk(out: str) -> dict[str, float]:
     return res
 
 
-def wrk_script(path: Path, body: bytes) -> Path:
+def wrk_script(path: Path, body: bytes, headers: dict[str, str] | None = None) -> Path:
+    extra = "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in (headers or {}).items())
     path.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(body.decode())}\n"
+        f"{extra}wrk.body = {json.dumps(body.decode())}\n"
     )
     return path
 
@@ -69,10 +70,10 @@ def run_wrk(
 
 
 async def pyload(
-    port: int, conns: int, seconds: float, body: bytes, timeout_s: float = 5.0
+    port: int, conns: int, seconds: float, body: bytes, timeout_s: float = 5.0, headers: bytes = b""
 ) -> dict[str, float]:
     """``conns`` keep-alive connections sending ``body`` back to back for ``seconds``."""
-    req = http_request(body, port)
+    req = http_request(body, port, headers=headers)
     lat: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -117,24 +118,28 @@ async def pyload(
 
 
 def run_pyload(
-    port: int, conns: int, seconds: float, body: bytes, timeout_s: float = 5.0
+    port: int, conns: int, seconds: float, body: bytes, timeout_s: float = 5.0, headers: bytes = b""
 ) -> dict[str, float]:
     import uvloop
 
-    return uvloop.run(pyload(port, conns, seconds, body, timeout_s))
+    return uvloop.run(pyload(port, conns, seconds, body, timeout_s, headers))
 
 
 class Loader:
     """Load generator for one body: ``wrk`` when available (``kind="auto"``), else asyncio."""
 
-    def __init__(self, body: bytes, workdir: Path, kind: str = "auto") -> None:
+    def __init__(
+        self, body: bytes, workdir: Path, kind: str = "auto", headers: dict[str, str] | None = None
+    ) -> None:
         if kind not in ("auto", "wrk", "python"):
             raise ValueError(f"loader {kind!r}: use auto, wrk or python")
         if kind == "wrk" and shutil.which("wrk") is None:
             raise RuntimeError("wrk is not installed: apt-get install -y wrk (or use the python loader)")
         self.kind = "wrk" if kind == "wrk" or (kind == "auto" and shutil.which("wrk")) else "python"
         self.body = body
-        self.script = wrk_script(workdir / "post.lua", body) if self.kind == "wrk" else None
+        self.headers = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in (headers or {}).items())
+        name = f"post-{abs(hash(self.headers))}.lua"
+        self.script = wrk_script(workdir / name, body, headers) if self.kind == "wrk" else None
 
     @property
     def name(self) -> str:
@@ -143,4 +148,4 @@ class Loader:
     def __call__(self, port: int, conns: int, seconds: float, timeout_s: float = 5.0) -> dict[str, float]:
         if self.script is not None:
             return run_wrk(port, conns, seconds, self.script, timeout_s=timeout_s)
-        return run_pyload(port, conns, seconds, self.body, timeout_s)
+        return run_pyload(port, conns, seconds, self.body, timeout_s, self.headers)

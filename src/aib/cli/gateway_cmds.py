@@ -7,7 +7,7 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,6 +24,9 @@ from aib.cli.common import (
     print_json,
     served_version_note,
 )
+
+if TYPE_CHECKING:
+    from aib.gateway.settings import GatewaySettings
 
 
 class Engine(StrEnum):
@@ -72,6 +75,14 @@ def serve(
             "worth of requests; use up to the number of cores the gateway may take.",
         ),
     ] = 1,
+    insecure_open: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-open",
+            help="Listen on a non-loopback address even with `auth: {mode: none}` or no $AIB_ADMIN_KEY: "
+            "anyone who reaches the port can use it. Warned at start and in /health.",
+        ),
+    ] = False,
 ) -> None:
     """Start the gateway on HOST:PORT (the native engine, or with --engine litellm the LiteLLM proxy).
 
@@ -93,7 +104,10 @@ def serve(
         port=port,
         config_dir=Path(config_dir) if config_dir else None,
         health_checks=not no_health_checks,
+        insecure_open=insecure_open,
     )
+    if engine is Engine.native:
+        _check_exposure(settings)
     if workers > 1 and engine is not Engine.native:
         fail("--workers is for the native engine; LiteLLM has its own --num_workers", EXIT_BAD_INPUT)
     if engine is Engine.litellm:
@@ -117,11 +131,40 @@ def serve(
     from aib.gateway.workers import supervisor_argv
 
     argv = supervisor_argv(
-        workers, host, port, settings.config_dir, not no_health_checks, log_level, settings.drain_timeout_s
+        workers,
+        host,
+        port,
+        settings.config_dir,
+        not no_health_checks,
+        log_level,
+        settings.drain_timeout_s,
+        insecure_open,
     )
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(argv[0], argv)  # the supervisor: the same PID, without the CLI's libraries (~40 MB less)
+
+
+def _check_exposure(settings: GatewaySettings) -> None:
+    """Refuse to expose the gateway without keys and an admin key (docs/security.md), before anything
+    starts; with --insecure-open, say loudly what that means."""
+    from aib.config.compile import build_plan
+    from aib.gateway.guard import exposure_problem
+    from aib.gateway.server import choose_config_dir
+
+    with config_errors():
+        plan, _, _ = build_plan(choose_config_dir(settings.config_dir))
+    problem = exposure_problem(settings.host, plan.auth.mode, settings.admin_key is not None)
+    if problem is None:
+        return
+    if not settings.insecure_open:
+        fail(problem, EXIT_BAD_INPUT)
+    err_console.print(
+        f"[yellow]warning:[/yellow] --insecure-open: listening on {settings.host} with auth.mode "
+        f"{plan.auth.mode}{'' if settings.admin_key else ' and no admin key'}: anyone who reaches this "
+        "port can use every provider key.",
+        soft_wrap=True,
+    )
 
 
 def health(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
+
+from aib.clientauth import headers_for
 
 
 class GatewayDown(Exception):
@@ -20,10 +23,13 @@ def request_json(
     timeout: float = 5.0,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    """(status, parsed JSON or None). Raises :class:`GatewayDown` when nothing answers."""
+    """(status, parsed JSON or None). Raises :class:`GatewayDown` when nothing answers. Without
+    ``headers``, the key for that path from the environment is sent (:mod:`aib.clientauth`)."""
     data = orjson.dumps(body) if body is not None else None
+    if headers is None:
+        headers = headers_for(urlsplit(url).path)
     req = urllib.request.Request(
-        url, data=data, method=method, headers={"content-type": "application/json", **(headers or {})}
+        url, data=data, method=method, headers={"content-type": "application/json", **headers}
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:

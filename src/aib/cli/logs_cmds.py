@@ -137,6 +137,9 @@ def tail(
     provider: Annotated[
         str | None, typer.Option("--provider", help="Only this provider.", show_default=False)
     ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="Only this client key (its name).", show_default=False)
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="How many requests.")] = 20,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new requests (Ctrl-C stops).")
@@ -161,6 +164,7 @@ def tail(
             "since": _since(since),
             "route": route,
             "provider": provider,
+            "key": key,
         }
         with _open(db) as reader:
             rows = list(reversed(reader.query(**filters, limit=limit)))  # type: ignore[arg-type]
@@ -277,6 +281,9 @@ def stats(
     ctx: typer.Context,
     since: SinceOpt = "1d",
     model: ModelOpt = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="Only this client key (its name).", show_default=False)
+    ] = None,
     as_json: JsonOpt = False,
     config_dir: UnusedConfigDirOpt = None,
 ) -> None:
@@ -284,7 +291,7 @@ def stats(
     db: Path = ctx.obj or DEFAULT_DB
     start = _since(since)
     with _open(db) as reader:
-        rows = reader.stats(since=start, model=model)
+        rows = reader.stats(since=start, model=model, key=key)
     if as_json:
         print_json({"since": start, "models": rows})
         return

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "bench_cmds",  # bench
     "ops_cmds",  # doctor, monitor, demo
     "ui_cmds",  # ui
+    "keys_cmds",  # keys create|list|show|revoke|rotate|usage
 )
 
 

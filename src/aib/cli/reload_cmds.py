@@ -9,7 +9,6 @@ or no gateway, 2 the configuration (or the backup asked for) is not usable.
 from __future__ import annotations
 
 import getpass
-import os
 import socket
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,11 +40,6 @@ STYLE = {
 TIMEOUT_S = 120.0  # a reload waits for probes of new providers (AIB_RELOAD_VERIFY_TIMEOUT_S)
 
 
-def admin_headers() -> dict[str, str]:
-    key = os.environ.get("AIB_ADMIN_KEY")
-    return {"authorization": f"Bearer {key}"} if key else {}
-
-
 def who(command: str) -> str:
     try:
         user = getpass.getuser()
@@ -58,9 +52,7 @@ def admin_call(
     gateway: str, path: str, method: str = "GET", body: Any = None, expect: str = "result"
 ) -> tuple[int, Any]:
     """Ask the gateway; an error envelope (bad key, nothing to reload) ends the command with its message."""
-    status, data = request_json(
-        f"{gateway.rstrip('/')}{path}", method, body, timeout=TIMEOUT_S, headers=admin_headers()
-    )
+    status, data = request_json(f"{gateway.rstrip('/')}{path}", method, body, timeout=TIMEOUT_S)
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         msg = str(data["error"].get("message"))
         code = data["error"].get("code")

@@ -180,6 +180,7 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
         default_retry_on_status=frozenset(d.retries.retry_on_status),
         default_strategy=d.strategy,
         default_fallbacks=tuple(dict.fromkeys(aliases.get(f, f) for f in m.default_fallbacks)),
+        auth=m.auth,
     )
 
 

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from aib.config.litellm_sdk import SdkOptions
-from aib.config.schema import CAPABILITY_PREFIX, HealthCheck, Timeouts
+from aib.config.schema import CAPABILITY_PREFIX, Auth, HealthCheck, Timeouts
 
 OLLAMA_DEFAULT_TAG = ":latest"  # Ollama names an untagged model NAME:latest
 MatchKind = Literal["exact", "alias", "discovered", "pattern", "capability"]
@@ -150,6 +150,7 @@ class RoutingPlan:
     default_retry_on_status: frozenset[int]
     default_strategy: str
     default_fallbacks: tuple[str, ...] = ()  # end of discovered models' chains (compiled into patterns')
+    auth: Auth = field(default_factory=Auth)
     discovered: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # provider -> models
     _pattern_cache: dict[str, Resolution] = field(default_factory=dict, repr=False, compare=False)
     # resolutions of configured names and aliases (bounded by the config), filled on first use

@@ -405,10 +405,29 @@ class CapabilityRule(Strict):
     only_preferred: bool = Field(False, description="Do not add other routes that have the capability.")
 
 
+class Auth(Strict):
+    """Who may use the gateway. See docs/security.md."""
+
+    mode: Literal["none", "keys"] = Field(
+        "none",
+        description="none: anyone who reaches the port (allowed only while the gateway listens on "
+        "loopback); keys: every API request needs a client key (`aib keys create NAME`), which says "
+        "which models it may use and its limits.",
+    )
+    reserve_tokens: int = Field(
+        1024,
+        ge=1,
+        le=10_000_000,
+        description="Tokens a request that sets no max_tokens reserves for its answer against a key's "
+        "tokens per minute and budgets, until its real usage is known.",
+    )
+
+
 class MappingsFile(Strict):
     """``config/model-mappings.yaml``."""
 
     version: Literal[1] = 1
+    auth: Auth = Field(default_factory=Auth, description="Client keys and limits (docs/security.md).")
     defaults: Defaults = Field(default_factory=Defaults)
     models: dict[ModelName, Route] = Field({}, description="Routes by the name clients ask for.")
     aliases: dict[ModelName, ModelName] = Field({}, description="Extra names -> route name.")

@@ -8,7 +8,6 @@ runtime state (health, breakers, balancer counters), the upstream pool and the o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
 import itertools
 import logging
@@ -20,26 +19,33 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from aib.auth.gate import AuthError, Gate, bearer
+from aib.auth.keys import ClientKey
+from aib.auth.store import default_path
 from aib.config.load import LoadedConfig
 from aib.config.plan import RoutingPlan
 from aib.doors.base import Door
 from aib.gateway.errors import GatewayError, envelope, model_not_found
+from aib.gateway.guard import admin_verdict, exposure_problem
 from aib.gateway.health import HealthMonitor
+from aib.gateway.key_admin import install_key_admin
 from aib.gateway.proxy import ClientGone, Proxy, parse_request
+from aib.gateway.respond import JSON, Receive, Scope, Send, read_body, send_error, send_json
 from aib.gateway.settings import GatewaySettings
 from aib.gateway.upstream import UpstreamPool
+from aib.limits import LIMIT_CODES
+from aib.limits.limiter import LimitExceeded, Ticket
+from aib.limits.slots import Slots
 from aib.observe.records import Observer, RequestRecord
 from aib.routing.state import RuntimeState
+from aib.secrets import Scrubber, env_values
 
 log = logging.getLogger("aib.gateway")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+OPEN_PATHS = frozenset({"/health/live", "/health/ready"})  # for load balancers: never a key
 Handler = Callable[["Gateway", Scope, Receive, Send], Awaitable[None]]
 
 PROXIED = ("chat/completions", "completions", "embeddings")
-JSON = b"application/json"
 
 
 class Gateway:
@@ -49,6 +55,7 @@ class Gateway:
         settings: GatewaySettings,
         config: LoadedConfig | None = None,
         observers: list[Observer] | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self.settings = settings
         self.base_plan = plan  # as compiled from the files, before discovery
@@ -59,7 +66,15 @@ class Gateway:
             b = config.mappings.defaults.breaker
             self.state.configure_breakers(b.failure_threshold, b.cooldown_s)
         self.pool = UpstreamPool()
-        self.proxy = Proxy(self.state, self.pool)
+        # secret values masked in everything the gateway emits (aib.secrets): provider keys, the
+        # admin key, and what other parts add to `extra_secrets` (the SDK adapter's token)
+        self.extra_secrets: list[str] = []
+        self.scrubber = Scrubber()
+        self.proxy = Proxy(self.state, self.pool, self.scrubber)
+        # who and may: client keys, model access, limits (aib.auth, aib.limits)
+        keys_db = settings.keys_db or default_path(None)
+        self.gate = Gate(keys_db, slots, admin_key=lambda: self.settings.admin_key)
+        self.refresh_secrets()
         self.observers: list[Observer] = list(observers or [])
         self.on_startup: list[Callable[[], object]] = []  # run at startup (config watcher, SIGHUP handler)
         self.on_shutdown: list[Callable[[], object]] = []  # run last at shutdown (flush the request log)
@@ -76,6 +91,7 @@ class Gateway:
         # router, like the LiteLLM front, lists the real configuration's names instead)
         self.catalog: Callable[[], list[tuple[str, str]]] | None = None
         self._routes: dict[str, dict[str, Handler]] = {}
+        self._prefixed: list[tuple[str, Handler]] = []  # path prefixes (/admin/keys/ID/...)
         # path -> (endpoint, front door; None: OpenAI), served before any other lookup
         self._proxied: dict[str, tuple[str, Door | None]] = {}
         for ep in PROXIED:
@@ -87,6 +103,7 @@ class Gateway:
         self._routes["/health/live"] = {"GET": Gateway.health_live}
         self._routes["/health/ready"] = {"GET": Gateway.health_ready}
         self._routes["/admin/route"] = {"GET": Gateway.admin_route}
+        install_key_admin(self)
 
     def add_route(
         self, path: str, method: str, handler: Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -97,6 +114,16 @@ class Gateway:
             await handler(scope, receive, send)
 
         self._routes.setdefault(path, {})[method.upper()] = call
+
+    def add_prefix_route(
+        self, prefix: str, handler: Callable[[Scope, Receive, Send], Awaitable[None]]
+    ) -> None:
+        """Serve every path under ``prefix`` (any method) with a plain ASGI callable."""
+
+        async def call(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+            await handler(scope, receive, send)
+
+        self._prefixed.append((prefix, call))
 
     def add_door(self, path: str, endpoint: str, door: Door | None) -> None:
         """Serve ``POST path`` as a request to ``endpoint`` (chat/completions, completions, embeddings)
@@ -113,8 +140,41 @@ class Gateway:
         self.plan = plan.with_discovered(discovered) if discovered else plan
         self.pool.retain(set(plan.providers), self.settings.drain_timeout_s)
         self.pool.forget_headers()
+        self.refresh_secrets()
         if self.health is not None:
             self.health.sync()
+
+    def accept_plan(self, plan: RoutingPlan) -> None:
+        """Raise ValueError when this gateway cannot serve ``plan`` safely: ``auth.mode: none`` on an
+        exposed listener, or a key store that does not open. Called before a plan is swapped in."""
+        s = self.settings
+        if not s.insecure_open:
+            problem = exposure_problem(s.host, plan.auth.mode, s.admin_key is not None)
+            if problem:
+                raise ValueError(problem)
+        if plan.auth.mode == "keys":
+            try:
+                self.gate.open()
+            except Exception as exc:
+                raise ValueError(
+                    f"auth.mode keys: the key store {self.gate.store_path} does not open: {exc}"
+                ) from None
+
+    def refresh_secrets(self) -> None:
+        """Read the secret values again (a reload re-reads the environment)."""
+        names = [p.api_key_env for p in self.base_plan.providers.values()]
+        names.append(self.settings.admin_key_env)
+        self.scrubber.update([*env_values(names), *self.extra_secrets])
+
+    def warnings(self) -> list[str]:
+        """What /health says is unsafe about how this gateway runs."""
+        s = self.settings
+        if s.insecure_open and exposure_problem(s.host, self.plan.auth.mode, s.admin_key is not None):
+            return [
+                f"--insecure-open: listening on {s.host} with auth.mode {self.plan.auth.mode}"
+                f"{'' if s.admin_key else ' and no admin key'}: anyone who reaches this port can use it"
+            ]
+        return []
 
     def _discovered(self, discovered: dict[str, tuple[str, ...]]) -> None:
         self.plan = self.base_plan.with_discovered(discovered)
@@ -148,8 +208,15 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
+        self.accept_plan(self.base_plan)
+        for w in self.warnings():
+            log.warning("%s", w)
+        if self.gate.store is not None:
+            self.gate.start()
         if self.settings.health_checks:
-            self.health = HealthMonitor(lambda: self.base_plan, self._discovered, self.state, self.pool)
+            self.health = HealthMonitor(
+                lambda: self.base_plan, self._discovered, self.state, self.pool, self.scrubber.bytes
+            )
             self.health.sync()
             asyncio.get_running_loop().create_task(self._first_probe())
         for hook in self.on_startup:
@@ -181,6 +248,7 @@ class Gateway:
             await asyncio.sleep(0.05)
         if self.health is not None:
             await self.health.close()
+        await self.gate.close()
         await self.pool.close()
         for hook in self.on_shutdown:
             try:
@@ -194,8 +262,22 @@ class Gateway:
         path = scope["path"]
         if len(path) > 1 and path.endswith("/"):
             path = path[:-1]
+        # one rule for every admin route (new ones too), the detailed /health and /metrics
+        if path == "/health" or path == "/metrics" or path.startswith("/admin"):
+            if not await self.check_admin(scope, send):
+                return
+        elif self.plan.auth.mode == "keys" and path not in OPEN_PATHS:
+            try:  # with keys on, nothing else answers without one (not even "unknown path")
+                self.client(scope)
+            except AuthError as denied:
+                await send_error(send, auth_error(denied))
+                return
         methods = self._routes.get(path)
         if methods is None:
+            for prefix, serve in self._prefixed:
+                if path.startswith(prefix):
+                    await serve(self, scope, receive, send)
+                    return
             if path.startswith(("/v1/models/", "/models/")):
                 if scope["method"] == "GET":
                     await self.model_detail(scope, path.split("/models/", 1)[1], send)
@@ -242,12 +324,16 @@ class Gateway:
         exchange = door.open(scope, send) if door is not None else None
         if exchange is not None:  # every answer, errors included, in the door's own shape
             send = exchange.send
-        rid = declared = None
-        for k, v in scope["headers"]:  # one pass for both headers the gateway reads
+        rid = declared = token = None
+        for k, v in scope["headers"]:  # one pass for every header the gateway reads
             if k == b"x-request-id":
                 rid = v.decode("latin-1")
             elif k == b"content-length":
                 declared = v
+            elif k == b"authorization":
+                token = bearer(v)
+            elif (k == b"x-api-key" or k == b"api-key") and token is None:
+                token = v.strip()
         if not rid or len(rid) > 128 or not rid.isascii() or not rid.isprintable():
             # unique and cheaper than uuid4; 32 hex digits because llama-cpp-python answers 400 to an
             # x-request-id that does not parse as a UUID
@@ -255,7 +341,15 @@ class Gateway:
         record = RequestRecord(request_id=rid, endpoint=endpoint, model="", started_at=time.time())
         t0 = time.perf_counter()
         self.inflight += 1
+        key: ClientKey | None = None
+        ticket: Ticket | None = None
         try:
+            if plan.auth.mode == "keys":  # who: before the body is even read
+                try:
+                    key = self.gate.identify(token)
+                except AuthError:  # a key made a moment ago? (reads the store, refusals only)
+                    key = await self.gate.identify_fresh(token)
+                record.key_name = key.name
             body = await read_body(scope, receive, self.settings.max_body_bytes, declared)
             if self.keep_bodies:
                 record.request_body = body
@@ -263,12 +357,29 @@ class Gateway:
                 payload, record.model, record.stream = parse_request(endpoint, body)
             else:
                 payload, record.model, record.stream = exchange.decode(body)
+            if self.scrubber.values:  # a secret pasted as a model name never reaches a log
+                record.model = self.scrubber.text(record.model)
+            if key is not None:  # may: this model, within these limits
+                self.gate.check_model(key, record.model, plan)
+                ticket = self.gate.admit(key, payload, len(body), endpoint, plan.auth.reserve_tokens)
+                if ticket is not None and ticket.headers:
+                    send = _adding_headers(send, ticket.headers)
             ext = scope.get("extensions")
             notify = ext.get("aib.on_disconnect") if ext else None
             await self.proxy.handle(plan, endpoint, payload, record, receive, send, notify)
         except GatewayError as err:
+            if err.code == "model_not_found" and key is not None and key.models:
+                err = model_not_found(record.model, self._suggest(key, record.model, plan))
             record.status, record.error, record.error_code = err.status, err.message, err.code
             await send_error(send, err, rid)
+        except AuthError as err:
+            record.status, record.error, record.error_code = err.status, err.message, err.code
+            await send_error(send, auth_error(err), rid)
+        except LimitExceeded as exc:
+            record.status, record.error, record.error_code = 429, exc.message, exc.code
+            await send_error(
+                send, GatewayError(429, exc.message, "rate_limit_exceeded", exc.code), rid, exc.headers
+            )
         except ClientGone:
             record.client_disconnected = True
         except Exception as exc:  # a bug: answer in the envelope, log the stack, never show it
@@ -291,6 +402,15 @@ class Gateway:
                 )
         finally:
             self.inflight -= 1
+            if key is not None:  # settle: the real usage instead of the reservation
+                self.gate.settle(
+                    key,
+                    ticket,
+                    record.status,
+                    record.prompt_tokens,
+                    record.completion_tokens,
+                    record.status == 429 and ticket is None and record.error_code in LIMIT_CODES,
+                )
             record.total_s = time.perf_counter() - t0
             for obs in self.observers:
                 obs.request_done(record)
@@ -298,35 +418,92 @@ class Gateway:
     def _public_models(self, plan: RoutingPlan) -> list[tuple[str, str]]:
         return self.catalog() if self.catalog is not None else plan.public_models()
 
+    def client(self, scope: Scope) -> ClientKey | None:
+        """The client key of a request that is not on the request path (model lists), or None when
+        ``auth.mode`` is none. Raises :class:`AuthError` like the request path."""
+        if self.plan.auth.mode != "keys":
+            return None
+        token = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                token = bearer(v)
+            elif (k == b"x-api-key" or k == b"api-key") and token is None:
+                token = v.strip()
+        return self.gate.identify(token)
+
     def models_for(self, scope: Scope) -> list[tuple[str, str]]:
         """(model id, owned_by) of every name the client of ``scope`` may use: what ``/v1/models``
-        and every door's model list show."""
-        return self._public_models(self.plan)
+        and every door's model list show. Raises :class:`AuthError` for a request without a valid key
+        when keys are on."""
+        key = self.client(scope)
+        models = self._public_models(self.plan)
+        if key is None or not key.models:
+            return models
+        plan = self.plan
+        return [(m, owner) for m, owner in models if self.gate.allows(key, m, plan)]
+
+    def _suggest(self, key: ClientKey, model: str, plan: RoutingPlan) -> list[str]:
+        """Names close to ``model`` that ``key`` may use (a 404 never hints at others)."""
+        return [n for n in plan.suggestions(model, n=20) if self.gate.allows(key, n, plan)][:3]
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            key = self.client(scope)
+        except AuthError as err:
+            await send_error(send, auth_error(err))
+            return
+        if key is not None and key.models:  # this key's models only
+            created = int(self.state.started_at)
+            data = [
+                {"id": m, "object": "model", "created": created, "owned_by": owner}
+                for m, owner in self.models_for(scope)
+            ]
+            await send_json(send, 200, orjson.dumps({"object": "list", "data": data}))
+            return
         plan = self.plan
         cached = self._models_cache
-        key = id(plan) if self.catalog is None else -1  # a catalog can change without a new plan
-        if cached is None or cached[0] != key or key == -1:
+        cache_key = id(plan) if self.catalog is None else -1  # a catalog can change without a new plan
+        if cached is None or cached[0] != cache_key or cache_key == -1:
             created = int(self.state.started_at)
             data = [
                 {"id": m, "object": "model", "created": created, "owned_by": owner}
                 for m, owner in self._public_models(plan)
             ]
-            cached = self._models_cache = (key, orjson.dumps({"object": "list", "data": data}))
+            cached = self._models_cache = (cache_key, orjson.dumps({"object": "list", "data": data}))
         await send_json(send, 200, cached[1])
 
     async def model_detail(self, scope: Scope, model: str, send: Send) -> None:
         plan = self.plan
+        model = self.scrubber.text(model)
+        try:
+            key = self.client(scope)
+        except AuthError as err:
+            await send_error(send, auth_error(err))
+            return
+        if key is not None and key.models and not self.gate.allows(key, model, plan):
+            await send_error(
+                send,
+                auth_error(
+                    AuthError(
+                        403, f"This API key may not use the model {model!r}.", "model_not_allowed", "model"
+                    )
+                ),
+            )
+            return
         for m, owner in self._public_models(plan):
             if m == model:
                 body = {"id": m, "object": "model", "created": int(self.state.started_at), "owned_by": owner}
                 await send_json(send, 200, orjson.dumps(body))
                 return
-        names = [m for m, _ in self._public_models(plan)]
-        close = (
-            plan.suggestions(model) if self.catalog is None else difflib.get_close_matches(model, names, n=3)
-        )
+        if key is not None and key.models:
+            close = self._suggest(key, model, plan)
+        else:
+            names = [m for m, _ in self._public_models(plan)]
+            close = (
+                plan.suggestions(model)
+                if self.catalog is None
+                else difflib.get_close_matches(model, names, n=3)
+            )
         await send_error(send, model_not_found(model, close))
 
     async def health_full(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -346,6 +523,10 @@ class Gateway:
             status = 200 if report["healthy_providers"] + report["degraded_providers"] > 0 else 503
         report["inflight"] = self.inflight
         report["uptime_s"] = round(time.time() - self.state.started_at, 1)
+        report["auth"] = {"mode": plan.auth.mode, "keys": len(self.gate.keys) if self.gate.store else None}
+        warnings = self.warnings()
+        if warnings:
+            report["warnings"] = warnings
         if self.worker is not None:  # health, breakers and in-flight are this worker's own
             report["worker"] = self.worker
         await send_json(send, status, orjson.dumps(report))
@@ -385,22 +566,27 @@ class Gateway:
         await send_json(send, 200, orjson.dumps(res.explain()))
 
     async def check_admin(self, scope: Scope, send: Send) -> bool:
-        key = self.settings.admin_key
-        if key is None:
+        """Whether the request may use the admin API (docs/security.md); answers 401/403 if not."""
+        verdict = admin_verdict(scope, self.settings.admin_key)
+        if verdict is None:
             return True
-        given = _header(scope, b"authorization") or ""
-        given = given.removeprefix("Bearer ").strip() or (_header(scope, b"x-admin-key") or "")
-        if given == key:
-            return True
-        await send_error(
-            send,
-            GatewayError(
+        if verdict == "remote":
+            err = GatewayError(
+                403,
+                "The admin API answers only on loopback while no admin key is set; set "
+                f"${self.settings.admin_key_env} on the gateway and send it as a bearer token.",
+                "permission_error",
+                "admin_loopback_only",
+            )
+        else:
+            err = GatewayError(
                 401,
-                f"This admin endpoint needs the admin key (set in ${self.settings.admin_key_env}) as a bearer token.",
+                f"This endpoint needs the admin key (set in ${self.settings.admin_key_env}) as a bearer token.",
                 "authentication_error",
                 "invalid_admin_key",
-            ),
-        )
+            )
+            err.headers["www-authenticate"] = 'Bearer realm="aib-admin"'
+        await send_error(send, err)
         return False
 
 
@@ -411,62 +597,28 @@ def _make_proxy_handler(endpoint: str, door: Door | None = None) -> Handler:
     return handler
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for k, v in scope["headers"]:
-        if k == name:
-            return str(v.decode("latin-1"))
-    return None
+def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` with ``extra`` headers on the response head (a key's x-ratelimit-* on every answer)."""
+
+    def wrapped(message: dict[str, Any]) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            headers = message.get("headers")
+            if type(headers) is list:  # every answer the gateway makes has a fresh list: extend it
+                headers.extend(extra)
+            else:
+                message = {**message, "headers": [*(headers or ()), *extra]}
+        return send(message)
+
+    return wrapped
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, declared: bytes | None = b"?") -> bytes:
-    """The whole body (at most ``limit`` bytes). ``declared``: the Content-Length header when the
-    caller already looked it up (None: there is none); by default it is looked up here."""
-    if declared == b"?":
-        h = _header(scope, b"content-length")
-        declared = h.encode("latin-1") if h is not None else None
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = msg.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-        if not msg.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        413,
-        f"The request body is larger than the limit of {limit} bytes (AIB_MAX_BODY_BYTES).",
-        "invalid_request_error",
-        "request_too_large",
-    )
-
-
-async def send_json(
-    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers.extend(extra)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(send: Send, err: GatewayError, request_id: str | None = None) -> None:
-    extra = [(k.encode(), v.encode()) for k, v in err.headers.items()]
-    if request_id:
-        extra.append((b"x-request-id", request_id.encode()))
-    with contextlib.suppress(OSError):  # the client is gone; nothing to tell it
-        await send_json(send, err.status, err.body(), extra)
+def auth_error(err: AuthError) -> GatewayError:
+    """401 with a ``WWW-Authenticate`` challenge, or 403, in OpenAI's envelope."""
+    if err.status == 401:
+        out = GatewayError(401, err.message, "invalid_request_error", err.code, err.param)
+        out.headers["www-authenticate"] = 'Bearer realm="aib"'
+        return out
+    return GatewayError(err.status, err.message, "permission_error", err.code, err.param)
 
 
 def create_app(
@@ -474,9 +626,22 @@ def create_app(
     settings: GatewaySettings | None = None,
     config: LoadedConfig | None = None,
     observers: list[Observer] | None = None,
+    slots: Slots | None = None,
 ) -> Gateway:
-    """Build the ASGI application. Nothing runs until the server sends lifespan startup."""
-    return Gateway(plan, settings or GatewaySettings(), config, observers)
+    """Build the ASGI application. Nothing runs until the server sends lifespan startup.
+    ``slots``: where limit counters live (default: this process; shared memory under --workers)."""
+    return Gateway(plan, settings or GatewaySettings(), config, observers, slots)
 
 
-__all__ = ["Gateway", "create_app", "envelope"]
+__all__ = [
+    "JSON",
+    "Gateway",
+    "Receive",
+    "Scope",
+    "Send",
+    "create_app",
+    "envelope",
+    "read_body",
+    "send_error",
+    "send_json",
+]

@@ -32,8 +32,10 @@ class HealthMonitor:
         on_discovered: Callable[[dict[str, tuple[str, ...]]], None],
         state: RuntimeState,
         pool: UpstreamPool,
+        scrub: Callable[[bytes], bytes] = bytes,
     ) -> None:
         self._get_plan = get_plan
+        self._scrub = scrub  # probe answers may echo the provider's key: masked before anything reads them
         self._on_discovered = on_discovered
         self.state = state
         self.pool = pool
@@ -79,6 +81,7 @@ class HealthMonitor:
         payload: Any = None
         try:
             status, raw = await self.pool.probe_get(info, info.health_url, info.health.timeout_s)
+            raw = self._scrub(raw)
             with contextlib.suppress(orjson.JSONDecodeError):
                 payload = orjson.loads(raw) if raw else None
             ok, reason = kind.healthy(status, payload)
@@ -125,6 +128,7 @@ class HealthMonitor:
             if payload is None:
                 url = info.base_url + kind.discovery_path
                 status, raw = await self.pool.probe_get(info, url, info.health.timeout_s)
+                raw = self._scrub(raw)
                 if status != 200:
                     raise ValueError(f"GET {kind.discovery_path} answered {status}")
                 payload = orjson.loads(raw)

@@ -28,6 +28,7 @@ from aib.observe.records import Attempt, RequestRecord
 from aib.providers import kind_for
 from aib.routing import balance
 from aib.routing.state import RuntimeState, TargetStats
+from aib.secrets import Scrubber
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -124,9 +125,11 @@ def _retry_after(headers: Any) -> float | None:
 class Proxy:
     """Holds what every request needs; :meth:`handle` serves one request."""
 
-    def __init__(self, state: RuntimeState, pool: UpstreamPool) -> None:
+    def __init__(self, state: RuntimeState, pool: UpstreamPool, scrubber: Scrubber | None = None) -> None:
         self.state = state
         self.pool = pool
+        # every upstream byte a client sees passes through it: an upstream may echo the key it got
+        self.scrubber = scrubber or Scrubber()
         # the event loop, found once: asyncio.get_running_loop() makes a getpid() system call on
         # Python 3.11, which showed up as 10 % of the gateway's CPU under load
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -309,6 +312,7 @@ class Proxy:
 
     async def _finish_plain(self, x: Exchange, resp: Response, data: bytes) -> Failure | None:
         info, attempt, record, stats = x.info, x.attempt, x.record, x.stats
+        data = self.scrubber.bytes(data)
         status = resp.status
         ctype = resp.headers.get("content-type", "")
         if status in x.group.retry_on_status or status >= 500:
@@ -442,6 +446,7 @@ class Proxy:
         """
         info, attempt, record, send, stats = x.info, x.attempt, x.record, x.send, x.stats
         strip_usage, read_timeout_s = x.strip_usage, x.read_timeout_s
+        scrub = self.scrubber.bytes
         pending = b""
         done = False
         error: str | None = None
@@ -459,8 +464,9 @@ class Proxy:
                         out = take_usage(out, record, strip_usage)
                     end = done_end(out) if SSE_DONE in out else 0
                     if end:
-                        await self._served(x, resp, out[:end])
+                        await self._served(x, resp, scrub(out[:end]))
                         return
+                    out = scrub(out)
                     if out:
                         if record.ttfb_s is None:
                             record.ttfb_s = time.time() - record.started_at
@@ -479,7 +485,7 @@ class Proxy:
             return
         tail = b""
         if error is None and pending.strip():
-            tail = pending + b"\n\n"  # a last event without its blank line
+            tail = scrub(pending) + b"\n\n"  # a last event without its blank line
             done = done_end(tail) > 0
         if error is None and not done:
             error = f"{info.name} ended the stream before [DONE]"

@@ -11,19 +11,23 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import uvloop
 
+from aib.auth.store import default_path
 from aib.config.compile import build_plan
 from aib.config.load import DEFAULTS_DIR, PROVIDERS_FILE
 from aib.gateway.app import Gateway, create_app
 from aib.gateway.httpserver import ASGIApp, HttpServer
 from aib.gateway.settings import GatewaySettings
 from aib.gateway.workers import WorkerSpec
+from aib.limits.slots import SharedSlots
 from aib.observe import install_observability
 from aib.observe.logs import configure_logging
 from aib.observe.settings import ObserveSettings
+from aib.secrets import install_log_filter
 
 log = logging.getLogger("aib.gateway")
 GC_GEN0_THRESHOLD = 20_000  # Python's default is 700 allocations
@@ -61,8 +65,15 @@ def build_gateway(
         len(plan.groups),
         len(plan.patterns),
     )
-    gateway = create_app(plan, settings, cfg)
-    handle = install_observability(gateway, observe or ObserveSettings.from_env())
+    observe = observe or ObserveSettings.from_env()
+    if settings.keys_db is None:  # beside the request log, where one is kept
+        settings = replace(settings, keys_db=default_path(observe.request_log))
+    slots = None
+    if worker is not None:  # a key's limits hold across workers: counters in shared memory
+        slots = SharedSlots(Path(worker.run_dir) / "limits", worker.index, worker.count)
+    gateway = create_app(plan, settings, cfg, slots=slots)
+    install_log_filter(gateway.scrubber)  # secrets never reach a log line
+    handle = install_observability(gateway, observe)
     # the layers above the gateway, imported when a server is built
     from aib.engines.sdk_sidecar import install_sdk_adapter
     from aib.reload import install_reload

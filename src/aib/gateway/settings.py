@@ -19,6 +19,9 @@ class GatewaySettings:
     config_dir: Path | None = None  # None: the defaults shipped inside the package
     max_body_bytes: int = field(default_factory=lambda: _env_int("AIB_MAX_BODY_BYTES", 32 * 1024 * 1024))
     admin_key_env: str = "AIB_ADMIN_KEY"
+    # client keys (aib.auth): None: $AIB_KEYS_DB, else keys.db beside the request log, else var/keys.db
+    keys_db: Path | None = None
+    insecure_open: bool = False  # `--insecure-open`: serve a non-loopback address without keys (warned)
     health_checks: bool = True  # background probes (tests of routing alone turn them off)
     drain_timeout_s: float = 30.0
     # hot reload (aib.reload); None: from AIB_RELOAD_WATCH, AIB_RELOAD_DEBOUNCE_MS, AIB_BACKUPS_KEEP,

@@ -66,6 +66,7 @@ class WorkerSpec:
     config_dir: str | None
     health_checks: bool
     log_level: str
+    insecure_open: bool = False
 
     @property
     def leader(self) -> bool:
@@ -131,6 +132,7 @@ class Supervisor:
         health_checks: bool = True,
         log_level: str = "info",
         drain_s: float = 30.0,
+        insecure_open: bool = False,
     ) -> None:
         if count < 1:
             raise ValueError("--workers must be at least 1")
@@ -139,6 +141,7 @@ class Supervisor:
         self.config_dir = config_dir
         self.health_checks = health_checks
         self.log_level = log_level
+        self.insecure_open = insecure_open
         self.drain_s = drain_s
         self.workers: dict[int, _Worker] = {}
         self.sock: socket.socket | None = None
@@ -276,6 +279,7 @@ class Supervisor:
             config_dir=str(self.config_dir) if self.config_dir else None,
             health_checks=self.health_checks,
             log_level=self.log_level,
+            insecure_open=self.insecure_open,
         )
 
     def _start(self, index: int) -> None:
@@ -393,6 +397,7 @@ def worker_main(spec: WorkerSpec) -> int:
         port=spec.port,
         config_dir=Path(spec.config_dir) if spec.config_dir else None,
         health_checks=spec.health_checks,
+        insecure_open=spec.insecure_open,
     )
     try:
         serve(settings, log_level=spec.log_level, worker=spec)
@@ -414,6 +419,7 @@ def supervisor_argv(
     health_checks: bool,
     log_level: str,
     drain_s: float,
+    insecure_open: bool = False,
 ) -> list[str]:
     """The supervisor's command: ``aib serve --workers N`` execs it (the same PID, without the CLI's
     libraries in memory: ~17 MB instead of ~58 MB)."""
@@ -425,6 +431,7 @@ def supervisor_argv(
         "health_checks": health_checks,
         "log_level": log_level,
         "drain_s": drain_s,
+        "insecure_open": insecure_open,
     }
     # the command line the user typed follows, for `ps` and for tools that find a process by its
     # arguments (`aib demo` recognises its leftovers by their port)
@@ -447,7 +454,14 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(ObserveSettings.from_env().log_format, a["log_level"])
         cdir = Path(a["config_dir"]) if a["config_dir"] else None
         sup = Supervisor(
-            a["count"], a["host"], a["port"], cdir, a["health_checks"], a["log_level"], a["drain_s"]
+            a["count"],
+            a["host"],
+            a["port"],
+            cdir,
+            a["health_checks"],
+            a["log_level"],
+            a["drain_s"],
+            bool(a.get("insecure_open", False)),
         )
         return sup.run()
     print("aib.gateway.workers runs `aib serve --workers N`; start that instead", file=sys.stderr)

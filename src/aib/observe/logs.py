@@ -68,7 +68,7 @@ def wire_fields(w: Wire, redact: Callable[[str | None], str | None]) -> dict[str
     the same value as ``round(s * 1000, 3)``, at a quarter of the cost (``round`` goes through text)."""
     (
         rid, endpoint, model, _, stream, route, matched_by, _, provider, upstream, status, err, code, ttfb,
-        total, ups, pt, ct, gone, _, atts, _, _,
+        total, ups, pt, ct, gone, _, atts, _, _, key, *_,
     ) = w  # fmt: skip
     if not atts:
         failed = 0
@@ -98,6 +98,7 @@ def wire_fields(w: Wire, redact: Callable[[str | None], str | None]) -> dict[str
         "error": redact(err) if err else None,
         "error_code": code,
         "client_disconnected": gone,
+        "key": key,
     }
 
 
@@ -111,14 +112,14 @@ def human_line(f: dict[str, Any]) -> str:
     return _human(
         f["status"], f["endpoint"], f["model"], f["route"], f["provider"], f["upstream"], f["total_ms"],
         f["stream"], f["ttfb_ms"], f["prompt_tokens"], f["completion_tokens"], f["fallbacks"],
-        f["client_disconnected"], f["request_id"], f["error"], f["error_code"],
+        f["client_disconnected"], f["request_id"], f["error"], f["error_code"], f.get("key"),
     )  # fmt: skip
 
 
 def _human(
     status: int, endpoint: str, model: str, route: str | None, provider: str | None, upstream: str | None,
     total_ms: float, stream: bool, ttfb_ms: float | None, pt: object, ct: object, fallbacks: int, gone: bool,
-    rid: str, error: str | None, code: str | None,
+    rid: str, error: str | None, code: str | None, key: str | None = None,
 ) -> str:  # fmt: skip
     where = f"{route}:{provider}/{upstream}" if provider else (route or "unresolved")
     text = f"{status or '-'} {endpoint} {repr(model) if model else '-'} -> {where} {total_ms:.1f}ms"
@@ -130,6 +131,8 @@ def _human(
         text += f" fallbacks={fallbacks}"
     if gone:
         text += " client-gone"
+    if key:
+        text += f" key={key}"
     text += f" rid={rid}"
     if error:
         text += f" error={code or ''}: {error}"
@@ -343,13 +346,13 @@ class AccessLines:
                 return orjson.dumps(_clean(out), option=orjson.OPT_APPEND_NEWLINE)
         (
             rid, endpoint, model, _, stream, route, _, _, provider, upstream, status, err, code, ttfb, total, _,
-            pt, ct, gone, _, atts, _, _,
+            pt, ct, gone, _, atts, _, _, key, *_,
         ) = w  # fmt: skip
         failed = (0 if atts[0][A_OK] else 1) if len(atts) == 1 else sum(1 for a in atts if not a[A_OK])
         text = _human(
             status, endpoint, model, route, provider, upstream, int(total * 1e6 + 0.5) / 1000.0, stream,
             None if ttfb is None else int(ttfb * 1e6 + 0.5) / 1000.0, pt, ct, failed, gone, rid,
-            self.redact(err) if err else None, code,
+            self.redact(err) if err else None, code, key,
         )  # fmt: skip
         sec = int(created)
         last = self._second[0]

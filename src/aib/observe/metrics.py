@@ -30,6 +30,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from aib.limits import LIMIT_CODES
 from aib.observe.records import Attempt, RequestRecord
 from aib.observe.wire import Wire, to_wire
 
@@ -135,6 +136,9 @@ class MetricsObserver:
         self._attempts: dict[tuple[str, str], int] = {}  # (provider, outcome) -> attempts
         self._fallbacks: dict[str, int] = {}  # route -> requests that needed a fallback
         self._reloads = dict.fromkeys(RELOAD_RESULTS, 0)
+        self._key_requests: dict[tuple[str, int], int] = {}  # (key name, status) -> requests
+        self._key_tokens: dict[str, list[int]] = {}  # key name -> [prompt, completion]
+        self._key_limited: dict[tuple[str, str], int] = {}  # (key name, limit) -> refusals
         self._drop_sources: list[Callable[[], tuple[Mapping[str, int], int]]] = []
         self.before_collect: list[Callable[[], None]] = []  # fold what is batched before a scrape
         # `aib serve --workers N`: adds the other workers' counters at scrape time (aib.observe.shared)
@@ -164,9 +168,11 @@ class MetricsObserver:
         routes, requests, attempts, o = self._routes, self._requests, self._attempts, self._overhead
         for w in batch:
             (
-                _, endpoint, model, _, stream, how_route, how, rule, provider, _, status, _, _, ttfb, total,
-                upstream_s, pt, ct, gone, _, atts, _, _,
+                _, endpoint, model, _, stream, how_route, how, rule, provider, _, status, _, code, ttfb, total,
+                upstream_s, pt, ct, gone, _, atts, _, _, kname, *_,
             ) = w  # fmt: skip
+            if kname is not None:  # a client key's name (bounded by the number of keys)
+                self._count_key(kname, status or (499 if gone else 0), code, pt, ct)
             rkey = (how_route, how, rule)
             route = routes.get(rkey)
             if route is None:
@@ -212,6 +218,21 @@ class MetricsObserver:
                 if len(atts) > 1 or atts[-1][2] != how_route:
                     self._fallbacks[route] = self._fallbacks.get(route, 0) + 1
 
+    def _count_key(self, name: str, status: int, code: str | None, pt: object, ct: object) -> None:
+        kr = self._key_requests
+        kr[(name, status)] = kr.get((name, status), 0) + 1
+        if type(pt) is int or type(ct) is int:
+            tok = self._key_tokens.get(name)
+            if tok is None:
+                tok = self._key_tokens[name] = [0, 0]
+            if type(pt) is int and pt > 0:
+                tok[0] += pt
+            if type(ct) is int and ct > 0:
+                tok[1] += ct
+        if status == 429 and code in LIMIT_CODES:
+            kl = self._key_limited
+            kl[(name, code)] = kl.get((name, code), 0) + 1
+
     # ------------------------------------------------------------------ called by other code
 
     def reload_done(self, result: str) -> None:
@@ -234,6 +255,9 @@ class MetricsObserver:
             "attempts": self._attempts,
             "fallbacks": self._fallbacks,
             "reloads": self._reloads,
+            "key_requests": self._key_requests,
+            "key_tokens": self._key_tokens,
+            "key_limited": self._key_limited,
             "inflight": self.gateway.inflight,
         }
 
@@ -390,6 +414,30 @@ class _RequestCollector(Collector):
         for result, n in v["reloads"].items():
             reloads.add_metric([result], float(n))
         yield reloads
+        yield from _key_families(v)
+
+
+def _key_families(v: dict[str, Any]) -> Iterator[Metric]:
+    """Usage per client key, labelled by the key's name (never the key)."""
+    requests = CounterMetricFamily(
+        "aib_key_requests", "Requests per client key, by HTTP status sent.", labels=["key", "status"]
+    )
+    for (name, status), n in list(v.get("key_requests", {}).items()):
+        requests.add_metric([name, str(status)], float(n))
+    yield requests
+    tokens = CounterMetricFamily(
+        "aib_key_tokens", "Tokens per client key, as upstreams reported them.", labels=["key", "type"]
+    )
+    for name, (p_n, c_n) in list(v.get("key_tokens", {}).items()):
+        tokens.add_metric([name, "prompt"], float(p_n))
+        tokens.add_metric([name, "completion"], float(c_n))
+    yield tokens
+    limited = CounterMetricFamily(
+        "aib_key_limited", "Requests a client key's limit refused (429), by limit.", labels=["key", "limit"]
+    )
+    for (name, limit), n in list(v.get("key_limited", {}).items()):
+        limited.add_metric([name, limit], float(n))
+    yield limited
 
 
 class _LiveCollector(Collector):

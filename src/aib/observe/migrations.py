@@ -7,16 +7,11 @@ shipped. :func:`migrate` applies, in order and in one transaction, those a datab
 from __future__ import annotations
 
 import sqlite3
-import time
-from collections.abc import Callable
 
-Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[tuple[str, Migration]] = []
+from aib import migrations as _steps
 
-
-def migration(fn: Migration) -> Migration:
-    MIGRATIONS.append((fn.__name__, fn))
-    return fn
+MIGRATIONS: list[tuple[str, _steps.Migration]] = []
+migration = _steps.registry(MIGRATIONS)
 
 
 @migration
@@ -86,21 +81,12 @@ def m002_bodies(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m003_key_name(db: sqlite3.Connection) -> None:
+    """The client key's name (auth.mode keys): usage per key, filters in the UI and `aib logs`."""
+    db.execute("ALTER TABLE requests ADD COLUMN key_name TEXT")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the migrations ``db`` lacks (``db`` in autocommit mode); returns their names."""
-    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
-        applied = []
-        for name, fn in MIGRATIONS:
-            if name in done:
-                continue
-            fn(db)
-            db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
-            applied.append(name)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    return applied
+    return _steps.apply(db, MIGRATIONS)

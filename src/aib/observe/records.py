@@ -49,6 +49,7 @@ class RequestRecord:
     plan_version: str | None = None
     request_body: bytes | None = None  # only kept when body logging is on
     response_body: bytes | None = None
+    key_name: str | None = None  # the client key's name (auth.mode keys); never the key itself
 
     @property
     def fallbacks(self) -> int:

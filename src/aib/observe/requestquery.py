@@ -74,6 +74,16 @@ class RequestLogReader:
             )
         self.db = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True, timeout=2.0)
         self.db.row_factory = sqlite3.Row
+        self._columns: tuple[str, ...] | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The request columns this file has: one written before a migration lacks its column (the
+        reader is read-only: it never migrates)."""
+        if self._columns is None:
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(requests)")}
+            self._columns = tuple(c for c in (*REQUEST_COLUMNS, "key_name") if c in have or not have)
+        return self._columns
 
     def close(self) -> None:
         self.db.close()
@@ -94,13 +104,15 @@ class RequestLogReader:
         since: float | None = None,
         route: str | None = None,
         provider: str | None = None,
+        key: str | None = None,
         after_id: int | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
-        """Requests matching every filter given, newest first (oldest first with ``after_id``, for tailing)."""
+        """Requests matching every filter given, newest first (oldest first with ``after_id``, for
+        tailing). ``key``: a client key's name."""
         where: list[str] = []
         args: list[Any] = []
-        for col, val in (("model", model), ("route", route), ("provider", provider)):
+        for col, val in (("model", model), ("route", route), ("provider", provider), ("key_name", key)):
             if val is not None:
                 where.append(f"{col} = ?")
                 args.append(val)
@@ -114,7 +126,9 @@ class RequestLogReader:
         if after_id is not None:
             where.append("id > ?")
             args.append(after_id)
-        sql = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests"
+        if key is not None and "key_name" not in self.columns:
+            return []  # written before keys existed: no request has a key
+        sql = f"SELECT {', '.join(self.columns)} FROM requests"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY id {'ASC' if after_id is not None else 'DESC'} LIMIT ?"
@@ -155,8 +169,11 @@ class RequestLogReader:
             out["response_body"] = _text(body["response"])
         return out
 
-    def stats(self, since: float | None = None, model: str | None = None) -> list[dict[str, Any]]:
-        """Per model: requests, error rate, latency p50/p95/p99, stream TTFT p50, tokens and tokens/s."""
+    def stats(
+        self, since: float | None = None, model: str | None = None, key: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Per model: requests, error rate, latency p50/p95/p99, stream TTFT p50, tokens and tokens/s.
+        ``key``: only the requests of this client key's name."""
         where: list[str] = ["1 = 1"]
         args: list[Any] = []
         if since is not None:
@@ -165,6 +182,11 @@ class RequestLogReader:
         if model is not None:
             where.append("model = ?")
             args.append(model)
+        if key is not None:
+            if "key_name" not in self.columns:
+                return []
+            where.append("key_name = ?")
+            args.append(key)
         cond = " AND ".join(where)
         out: dict[str, dict[str, Any]] = {}
         for r in self.db.execute(

@@ -17,10 +17,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from aib.cli.http import GatewayDown, request_json
+from aib.clientauth import headers_for
 
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[str, dict[Labels, float]]  # sample name -> labels -> value
@@ -48,8 +50,9 @@ def parse_metrics(text: str) -> Samples:
 
 
 def _get_text(url: str, timeout: float) -> str:
+    req = urllib.request.Request(url, headers=headers_for(urlsplit(url).path))
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return str(resp.read().decode("utf-8", errors="replace"))
     except urllib.error.HTTPError as exc:
         exc.close()

@@ -19,6 +19,7 @@ import orjson
 
 from aib.config.plan import ProviderInfo
 from aib.providers import kind_for
+from aib.secrets import Scrubber, env_values
 
 # Kinds whose servers answer only for the names they list (a missing model is a 404 there).
 # llama.cpp serves its one model under any name, so its list is shown but not compared.
@@ -51,7 +52,11 @@ def _served(name: str, served: set[str], provider_type: str) -> bool:
     return provider_type == "ollama" and ":" not in name and f"{name}:latest" in served
 
 
-async def probe_one(session: aiohttp.ClientSession, info: ProviderInfo) -> ProbeResult:
+async def probe_one(
+    session: aiohttp.ClientSession, info: ProviderInfo, scrubber: Scrubber | None = None
+) -> ProbeResult:
+    """One provider; answers pass ``scrubber`` first (a provider may echo the key it was sent)."""
+    scrub = (scrubber or Scrubber(env_values([info.api_key_env]))).bytes
     kind = kind_for(info.type)
     headers = kind.auth_headers(info)
     timeout = aiohttp.ClientTimeout(total=info.health.timeout_s)
@@ -62,7 +67,7 @@ async def probe_one(session: aiohttp.ClientSession, info: ProviderInfo) -> Probe
     payload: Any = None
     try:
         async with session.get(info.health_url, headers=headers, timeout=timeout) as resp:
-            raw = await resp.read()
+            raw = scrub(await resp.read())
             status = resp.status
         with contextlib.suppress(orjson.JSONDecodeError):
             payload = orjson.loads(raw) if raw else None
@@ -81,7 +86,7 @@ async def probe_one(session: aiohttp.ClientSession, info: ProviderInfo) -> Probe
             async with session.get(
                 info.base_url + kind.discovery_path, headers=headers, timeout=timeout
             ) as resp:
-                payload = orjson.loads(await resp.read())
+                payload = orjson.loads(scrub(await resp.read()))
         res.models = kind.parse_models(payload)
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
         return res  # healthy, but the list is unreadable: say nothing about models
@@ -93,5 +98,6 @@ async def probe_one(session: aiohttp.ClientSession, info: ProviderInfo) -> Probe
 
 async def probe_all(providers: list[ProviderInfo]) -> list[ProbeResult]:
     """One probe of each provider, concurrently, in the given order."""
+    scrubber = Scrubber(env_values([p.api_key_env for p in providers]))  # every key, in every answer
     async with aiohttp.ClientSession() as session:
-        return list(await asyncio.gather(*(probe_one(session, p) for p in providers)))
+        return list(await asyncio.gather(*(probe_one(session, p, scrubber) for p in providers)))

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from aib.config.plan import RoutingPlan, Target
 from aib.gateway.app import Gateway
-from aib.reload.target import Candidate, Verdict
+from aib.reload.target import Candidate, TargetError, Verdict
 from aib.routing.state import ProviderHealth
 
 
@@ -37,6 +37,10 @@ class NativeTarget:
         gw.set_plan(c.plan)
 
     async def activate(self, candidate: Candidate) -> None:
+        try:
+            self.gateway.accept_plan(candidate.plan)  # auth: an exposed listener needs keys
+        except ValueError as exc:
+            raise TargetError(str(exc)) from None
         self._health_before = {n: replace(h) for n, h in self.gateway.state.health.items()}
         self._swap(candidate)
 

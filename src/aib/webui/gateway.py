@@ -16,9 +16,12 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 import openai
 import orjson
+
+from aib.clientauth import client_key, headers_for
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
@@ -90,7 +93,9 @@ class GatewayDown(OSError):
 
 def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
     """GET ``url`` -> (status, parsed JSON or None); :class:`GatewayDown` when nothing answers."""
-    req = urllib.request.Request(url, headers={"accept": "application/json"})
+    req = urllib.request.Request(
+        url, headers={"accept": "application/json", **headers_for(urlsplit(url).path)}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
@@ -266,7 +271,9 @@ class GatewayClient:
         self.url = root_url(url)
         self.client = openai.OpenAI(
             base_url=self.url + "/v1",
-            api_key="aib-ui",  # the gateway holds the providers' keys; clients need none
+            # a client key when the gateway wants one ($AIB_API_KEY, else $AIB_ADMIN_KEY); the
+            # gateway holds the providers' keys itself
+            api_key=client_key() or "aib-ui",
             max_retries=0,  # a failure must show, not hide behind retries
             timeout=openai.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
         )
