@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -95,7 +96,8 @@ def served_trace(served: Served, request_id: str, timeout: float = 10.0) -> dict
     assert served.request_log is not None, "start aib_serve with request_log=PATH"
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(RequestLogMissing):
+        # missing, or created but not migrated yet (no tables): the writer is not there yet
+        with contextlib.suppress(RequestLogMissing, sqlite3.OperationalError):
             with RequestLogReader(served.request_log) as reader:
                 row = reader.trace(request_id)
             if row is not None:

@@ -265,6 +265,22 @@ def run_backups(ctx: Ctx) -> None:
     ok(sh(f"aib backups -c {ctx.config_copy}"))
 
 
+KEYS_CREATE = "aib keys create alice --models 'llama3,ollama/*' --rpm 60 --tpm 100000 --budget-day 2000000"
+
+
+def run_keys_create(ctx: Ctx) -> None:
+    store = ctx.tmp / "keys.db"  # not var/keys.db in the checkout
+    out = ok(sh(KEYS_CREATE, AIB_KEYS_DB=str(store)), "alice")
+    assert store.exists() and "rpm" in out.lower() or "60" in out, out
+
+
+def run_serve_exposed(ctx: Ctx) -> None:
+    """Without keys and an admin key it refuses before it listens (it never binds 0.0.0.0 here)."""
+    res = sh(f"timeout 60 aib serve --host 0.0.0.0 --port {free_port()}", AIB_CONFIG_DIR=str(ctx.config_copy))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and "0.0.0.0" in res.stderr, res.stderr
+
+
 def make_dry(target: str, expect: str) -> Callable[[Ctx], None]:
     def run(ctx: Ctx) -> None:
         ok(sh(f"make -n {target}", activate=False), expect)
@@ -314,6 +330,9 @@ RUNS: dict[str, Callable[[Ctx], None]] = {
     "aib reload": run_reload,
     "aib rollback [--to ID]": run_rollback,
     "aib backups": run_backups,
+    KEYS_CREATE: run_keys_create,
+    "aib keys create NAME": run_keys_create,
+    "aib serve --host 0.0.0.0": run_serve_exposed,
     "make lint": make_dry("lint", "mypy"),
     "make generate": make_dry("generate", "aib generate"),
     "make litellm": make_dry("litellm", ""),

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.unit
 
 
 def commands(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
-    """Every command, groups included (a group's own callback is a command: `aib logs`)."""
-    if path:
+    """Every command, groups with a callback of their own included (`aib logs` is one; `aib keys` only
+    lists its subcommands)."""
+    if path and (not hasattr(cmd, "commands") or cmd.callback is not None):
         yield path, cmd
     for name, sub in getattr(cmd, "commands", {}).items():
         yield from commands(sub, (*path, name))
