@@ -270,8 +270,8 @@ KEYS_CREATE = "aib keys create alice --models 'llama3,ollama/*' --rpm 60 --tpm 1
 
 def run_keys_create(ctx: Ctx) -> None:
     store = ctx.tmp / "keys.db"  # not var/keys.db in the checkout
-    out = ok(sh(KEYS_CREATE, AIB_KEYS_DB=str(store)), "alice")
-    assert store.exists() and "rpm" in out.lower() or "60" in out, out
+    out = ok(sh(KEYS_CREATE, AIB_KEYS_DB=str(store)), "for alice: models llama3, ollama/*", "rpm 60")
+    assert store.exists() and out.startswith("sk-aib-"), out
 
 
 def run_serve_exposed(ctx: Ctx) -> None:
