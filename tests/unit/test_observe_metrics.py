@@ -340,6 +340,10 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
                     completion_tokens=None),
         make_record(status=0, client_disconnected=True, total_s=0.5, upstream_s=0.7),
         make_record("ollama/x", route="ollama/x", matched_by="pattern", rule="pattern #1 'ollama/*' -> ollama as 'x'"),
+        make_record(key_name="alice", prompt_tokens=4, completion_tokens=6),
+        make_record(key_name="alice", status=429, error_code="requests_per_minute", provider=None,
+                    prompt_tokens=None, completion_tokens=None),
+        make_record(key_name="bob", status=502, error_code="upstream_error", completion_tokens=None),
     ]  # fmt: skip
     ref = CollectorRegistry()
     rp = ("route", "provider")
@@ -383,6 +387,18 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
         ("provider", "outcome"),
         registry=ref,
     )
+    kreq = Counter(
+        "aib_key_requests", "Requests per client key, by HTTP status sent.", ("key", "status"), registry=ref
+    )
+    ktok = Counter(
+        "aib_key_tokens", "Tokens per client key, as upstreams reported them.", ("key", "type"), registry=ref
+    )
+    klim = Counter(
+        "aib_key_limited",
+        "Requests a client key's limit refused (429), by limit.",
+        ("key", "limit"),
+        registry=ref,
+    )
     rel = Counter("aib_config_reloads", "Configuration reloads by result.", ("result",), registry=ref)
     for res in m.RELOAD_RESULTS:
         rel.labels(res)
@@ -403,6 +419,13 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
             att.labels(a.provider, attempt_outcome(a)).inc()
         if len(r.attempts) > 1 or (r.attempts and r.attempts[-1].route != r.route):
             fb.labels(route).inc()
+        if r.key_name is not None:
+            kreq.labels(r.key_name, status_label(r)).inc()
+            if r.prompt_tokens is not None or r.completion_tokens is not None:
+                ktok.labels(r.key_name, "prompt").inc(r.prompt_tokens or 0)
+                ktok.labels(r.key_name, "completion").inc(r.completion_tokens or 0)
+            if r.status == 429 and r.error_code:
+                klim.labels(r.key_name, r.error_code).inc()
     obs.reload_done("success")
 
     def exposed(text: str) -> dict[str, Any]:
@@ -422,7 +445,7 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
     from prometheus_client import generate_latest
 
     mine, theirs = exposed(obs.render()[0].decode()), exposed(generate_latest(ref).decode())
-    assert set(mine) == set(theirs) and len(mine) == 9
+    assert set(mine) == set(theirs) and len(mine) == 12
     for name in theirs:
         assert mine[name] == theirs[name], name
     text = obs.render()[0].decode()

@@ -19,11 +19,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 from aib.auth.access import AccessCache
-from aib.auth.keys import ADMIN, ClientKey, hash_secret
+from aib.auth.keys import ADMIN, ClientKey
 from aib.auth.store import KeyStore, SqliteKeyStore, Usage
 from aib.config.plan import RoutingPlan
 from aib.limits.budgets import day_and_month
@@ -70,7 +71,7 @@ class Gate:
         self.admin_key = admin_key
         self.limiter = Limiter(slots or LocalSlots())
         self.access = AccessCache()
-        self.keys: dict[bytes, ClientKey] = {}  # sha256 hex (ascii bytes) -> key
+        self.keys: dict[bytes, ClientKey] = {}  # sha256 digest -> key
         self.by_id: dict[str, ClientKey] = {}
         self.generation = -1
         self._usage: dict[tuple[int, str], Usage] = {}
@@ -99,7 +100,7 @@ class Gate:
             if gen == self.generation:
                 return False
             keys = store.load()
-            self.keys = {k.hash.encode(): k for k in keys}
+            self.keys = {bytes.fromhex(k.hash): k for k in keys}
             self.by_id = {k.id: k for k in keys}
             self.generation = gen
             return True
@@ -181,7 +182,7 @@ class Gate:
         admin = self.admin_key()
         if admin and hmac.compare_digest(token, admin.encode()):
             return ADMIN
-        key = self.keys.get(hash_secret(token).encode())
+        key = self.keys.get(sha256(token).digest())
         if key is None:
             raise AuthError(401, "Invalid API key: this gateway knows no such key.", "invalid_api_key")
         if key.revoked_at is not None or key.expires_at is not None:

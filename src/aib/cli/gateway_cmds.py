@@ -149,9 +149,11 @@ def _check_exposure(settings: GatewaySettings) -> None:
     """Refuse to expose the gateway without keys and an admin key (docs/security.md), before anything
     starts; with --insecure-open, say loudly what that means."""
     from aib.config.compile import build_plan
-    from aib.gateway.guard import exposure_problem
+    from aib.gateway.guard import exposure_problem, is_loopback_host
     from aib.gateway.server import choose_config_dir
 
+    if is_loopback_host(settings.host):  # nothing to check: the config is read (once) by the server
+        return
     with config_errors():
         plan, _, _ = build_plan(choose_config_dir(settings.config_dir))
     problem = exposure_problem(settings.host, plan.auth.mode, settings.admin_key is not None)
