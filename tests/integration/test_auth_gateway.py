@@ -413,3 +413,44 @@ def test_limits_survive_a_reload(
 async def _swap(gateway: Any, plan: Any) -> None:
     gateway.accept_plan(plan)
     gateway.set_plan(plan)
+
+
+def test_every_door_asks_for_the_same_keys_in_its_own_error_shape(
+    gw: Any, store: SqliteKeyStore, up: ScriptedUpstream
+) -> None:
+    """Anthropic Messages, Ollama and OpenAI Responses clients: the same keys, models and limits, and
+    every refusal in the shape their SDK reads."""
+    import ollama
+
+    _, secret = store.create("jo", models=("m-one",), rpm=100)
+    # Anthropic: x-api-key; a bad key is an AuthenticationError with Anthropic's body
+    bad = anthropic.Anthropic(base_url=gw.base_url, api_key="sk-ant-nope-123456", max_retries=0, timeout=10)
+    with pytest.raises(anthropic.AuthenticationError) as exc:
+        bad.messages.create(model="m-one", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert exc.value.body["type"] == "error" and exc.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    good = anthropic.Anthropic(base_url=gw.base_url, api_key=secret, max_retries=0, timeout=10)
+    up.enqueue(Reply.chat("Hello from m-one."))
+    msg = good.messages.create(model="m-one", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert msg.content[0].text == "Hello from m-one."  # type: ignore[union-attr]
+    with pytest.raises(anthropic.PermissionDeniedError) as denied:
+        good.messages.create(model="secret-model", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+    # Ollama: a bearer header; errors as {"error": "..."}
+    with pytest.raises(ollama.ResponseError) as oexc:
+        ollama.Client(host=gw.base_url, timeout=10).list()
+    assert oexc.value.status_code == 401 and "Missing API key" in oexc.value.error
+    oc = ollama.Client(host=gw.base_url, timeout=10, headers={"authorization": f"Bearer {secret}"})
+    assert [m.model for m in oc.list().models] == ["m-one", "one"]  # its models (and their aliases) only
+    up.enqueue(Reply.chat("Hi from Ollama's door."))
+    assert (
+        oc.chat(model="m-one", messages=[{"role": "user", "content": "hi"}]).message.content
+        == "Hi from Ollama's door."
+    )
+    # OpenAI Responses: the same key, the rate headers too
+    up.enqueue(Reply.chat("Hi from Responses."))
+    raw = client(gw, secret).responses.with_raw_response.create(model="m-one", input="hi")
+    assert (
+        raw.parse().output_text == "Hi from Responses." and raw.headers["x-ratelimit-limit-requests"] == "100"
+    )
+    assert [r.key_name for r in gw.observer.records if r.status == 200] == ["jo", "jo", "jo"]
+    assert {r.door for r in gw.observer.records if r.status == 200} == {"anthropic", "ollama", "responses"}

@@ -399,6 +399,19 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
         ("key", "limit"),
         registry=ref,
     )
+    doors = Counter(
+        "aib_door_requests",
+        "Requests by the API the client spoke (openai, anthropic, ollama, responses), endpoint and status.",
+        ("door", "endpoint", "status"),
+        registry=ref,
+    )
+    cut = Counter(
+        "aib_prompt_truncated",
+        "Prompts an Ollama upstream cut to fit its context (num_ctx): raise the model's context_length.",
+        rp,
+        registry=ref,
+    )
+    records[1].door, records[2].door, records[5].prompt_truncated = "anthropic", "ollama", True
     rel = Counter("aib_config_reloads", "Configuration reloads by result.", ("result",), registry=ref)
     for res in m.RELOAD_RESULTS:
         rel.labels(res)
@@ -426,6 +439,9 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
                 ktok.labels(r.key_name, "completion").inc(r.completion_tokens or 0)
             if r.status == 429 and r.error_code:
                 klim.labels(r.key_name, r.error_code).inc()
+        doors.labels(r.door, r.endpoint, status_label(r)).inc()
+        if r.prompt_truncated:
+            cut.labels(route, provider).inc()
     obs.reload_done("success")
 
     def exposed(text: str) -> dict[str, Any]:
@@ -445,7 +461,7 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
     from prometheus_client import generate_latest
 
     mine, theirs = exposed(obs.render()[0].decode()), exposed(generate_latest(ref).decode())
-    assert set(mine) == set(theirs) and len(mine) == 12
+    assert set(mine) == set(theirs) and len(mine) == 14
     for name in theirs:
         assert mine[name] == theirs[name], name
     text = obs.render()[0].decode()

@@ -197,9 +197,9 @@ class Gate:
 
     async def identify_fresh(self, token: bytes | None) -> ClientKey:
         """:meth:`identify`, reading the store once more first when the key is unknown: a key made a
-        moment ago works at once on every worker. Concurrent misses share one read; after a read, the
-        next one waits ``MISS_REFRESH_S`` (made-up keys cannot make the store busy). Only the refusal
-        path pays for it."""
+        moment ago works at once on every worker. Concurrent misses share one read, and reads are at
+        least ``MISS_REFRESH_S`` apart (a miss right after a read waits for the next one), so made-up
+        keys cannot make the store busy. Only the refusal path pays for it."""
         try:
             return self.identify(token)
         except AuthError as err:
@@ -207,17 +207,18 @@ class Gate:
                 raise
             task = self._refresh
             if task is None:
-                if time.monotonic() - self._refreshed_at < MISS_REFRESH_S:
-                    raise
-                task = self._refresh = asyncio.ensure_future(self._refresh_once())
+                wait = MISS_REFRESH_S - (time.monotonic() - self._refreshed_at)
+                task = self._refresh = asyncio.ensure_future(self._refresh_once(max(wait, 0.0)))
             try:
                 await asyncio.shield(task)
             except Exception:  # the store is unreadable: the snapshot stays, the refusal too
                 raise err from None
             return self.identify(token)
 
-    async def _refresh_once(self) -> None:
+    async def _refresh_once(self, delay: float) -> None:
         try:
+            if delay > 0:
+                await asyncio.sleep(delay)
             await asyncio.to_thread(self.reload_keys)
         finally:
             self._refreshed_at = time.monotonic()

@@ -96,16 +96,16 @@ def serve(
 
     try:
         ObserveSettings.from_env()  # a bad AIB_* variable: one clear line, not a traceback
+        settings = GatewaySettings(
+            host=host,
+            port=port,
+            config_dir=Path(config_dir) if config_dir else None,
+            health_checks=not no_health_checks,
+            insecure_open=insecure_open,
+        )
     except ValueError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = GatewaySettings(
-        host=host,
-        port=port,
-        config_dir=Path(config_dir) if config_dir else None,
-        health_checks=not no_health_checks,
-        insecure_open=insecure_open,
-    )
     if engine is Engine.native:
         _check_exposure(settings)
     if workers > 1 and engine is not Engine.native:

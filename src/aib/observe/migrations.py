@@ -87,6 +87,14 @@ def m003_key_name(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN key_name TEXT")
 
 
+@migration
+def m004_door(db: sqlite3.Connection) -> None:
+    """The API a request came in on (openai, anthropic, ollama, responses) and whether an Ollama
+    upstream cut its prompt to fit the context."""
+    db.execute("ALTER TABLE requests ADD COLUMN door TEXT NOT NULL DEFAULT 'openai'")
+    db.execute("ALTER TABLE requests ADD COLUMN prompt_truncated INTEGER NOT NULL DEFAULT 0")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the migrations ``db`` lacks (``db`` in autocommit mode); returns their names."""
     return _steps.apply(db, MIGRATIONS)
