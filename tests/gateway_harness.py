@@ -258,7 +258,8 @@ class Reply:
     """One scripted answer. Build with the class methods; fields combine freely.
 
     ``delay_s`` waits before the status line; ``chunks`` are written one by one as a chunked body,
-    ``body_delay_s`` after the headers and before the first chunk, ``chunk_delay_s`` between chunks;
+    ``body_delay_s`` after the headers and before the first chunk, ``chunk_delay_s`` between chunks,
+    ``end_delay_s`` after the last chunk and before the end of the chunked body;
     ``reset_after`` resets the TCP connection (RST) after that many chunks (0: right after the
     headers); ``abort`` resets it before anything is sent; ``raw`` writes these bytes to the socket
     instead of an HTTP answer (a tuple: one part after another, ``chunk_delay_s`` apart), then closes it.
@@ -273,6 +274,7 @@ class Reply:
     chunks: tuple[bytes, ...] | None = None
     body_delay_s: float = 0.0
     chunk_delay_s: float = 0.0
+    end_delay_s: float = 0.0
     reset_after: int | None = None
     abort: bool = False
     raw: bytes | tuple[bytes, ...] | None = None
@@ -576,6 +578,9 @@ class ScriptedUpstream:
             if reply.reset_after is not None:
                 _rst(transport)
             else:
+                if reply.end_delay_s and not await _sleep_unless_closed(transport, reply.end_delay_s):
+                    self._gone(rec)
+                    return resp
                 await resp.write_eof()
         except ConnectionError:
             self._gone(rec)

@@ -85,13 +85,15 @@ if mode == "slow-ready":
 if mode == "never-ready":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(60)
+# noted before the supervisor hears of it: once it does, it may signal at once (a reload asked for
+# while starting), and the HUP note must come after this one
+note("ready listening=%d port=%d count=%d sup=%d run_dir=%s" % (
+    listening, port, spec["count"], spec["supervisor_pid"], os.path.isdir(spec["run_dir"])))
 try:
     os.write(spec["ready_fd"], b"r")
     os.close(spec["ready_fd"])
 except OSError:
     pass
-note("ready listening=%d port=%d count=%d sup=%d run_dir=%s" % (
-    listening, port, spec["count"], spec["supervisor_pid"], os.path.isdir(spec["run_dir"])))
 need = 2 if mode == "stubborn" else 1
 deadline = time.monotonic() + 60  # never outlive a broken test
 while len(terms) < need and time.monotonic() < deadline and os.getppid() == spec["supervisor_pid"]:

@@ -17,6 +17,7 @@ Without ``--headless``, open http://127.0.0.1:8089 for the web UI. Settings (env
   AIB_LOAD_STREAM_SHARE  share of requests that stream, 0..1 (default 0.5)
   AIB_LOAD_WAIT          seconds a user waits between requests, "MIN,MAX" (default "0.5,2")
   AIB_LOAD_API_KEY       sent as "Authorization: Bearer ..." when set (LiteLLM master key, cloud key)
+  AIB_LOAD_REQUESTS      stop after this many requests in all (default 0: run until --run-time)
 
 Against real providers every request costs compute (or money): start with few users and a short
 --run-time. Point --host only at endpoints you are allowed to load.
@@ -30,6 +31,7 @@ import random
 import time
 from typing import Any
 
+import gevent
 from locust import HttpUser, between, task
 
 MODEL = os.environ.get("AIB_LOAD_MODEL", "smollm2")
@@ -38,6 +40,7 @@ MAX_TOKENS = int(os.environ.get("AIB_LOAD_MAX_TOKENS", "32"))
 STREAM_SHARE = float(os.environ.get("AIB_LOAD_STREAM_SHARE", "0.5"))
 WAIT_MIN, WAIT_MAX = (float(x) for x in os.environ.get("AIB_LOAD_WAIT", "0.5,2").split(","))
 API_KEY = os.environ.get("AIB_LOAD_API_KEY", "")
+STOP_AFTER = int(os.environ.get("AIB_LOAD_REQUESTS", "0"))
 PATH = "/v1/chat/completions"
 
 
@@ -64,6 +67,17 @@ class ChatUser(HttpUser):
             self.stream()
         else:
             self.plain()
+        if STOP_AFTER:
+            self.count()
+
+    def count(self) -> None:
+        """AIB_LOAD_REQUESTS: the whole run ends once that many requests were sent (by all users)."""
+        env = self.environment
+        done = getattr(env, "aib_requests", 0) + 1
+        env.aib_requests = done  # type: ignore[attr-defined]
+        if done == STOP_AFTER and env.runner is not None:
+            # from another greenlet: quitting stops every user, this one included
+            gevent.spawn(env.runner.quit)
 
     def plain(self) -> None:
         with self.client.post(PATH, json=body(False), name="chat", catch_response=True) as resp:

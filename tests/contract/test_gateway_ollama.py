@@ -196,6 +196,23 @@ def test_pulled_model_becomes_routable_after_a_probe(own_fake: FakeOllama, tmp_p
         assert_envelope(post(gw, {"model": "qwen-test:1b", "messages": CHAT}), 404, "model_not_found")
 
 
+def test_an_untagged_name_reaches_the_latest_tag(own_fake: FakeOllama, tmp_path: Path) -> None:
+    """`ollama pull phi3` lists `phi3:latest` in /api/tags; a client asks for `phi3`, as with Ollama."""
+    own_fake.pull("phi3")
+    with ollama_gateway(tmp_path, own_fake, interval_s=60) as gw:
+        gw.wait_first_probe()
+        assert "phi3:latest" in model_ids(gw)
+        r = post(gw, {"model": "phi3", "messages": CHAT})
+        assert r.status_code == 200, r.text
+        assert (r.headers["x-aib-provider"], r.headers["x-aib-model"]) == ("ollama", "phi3:latest")
+        assert r.json()["choices"][0]["message"]["content"] == "Hello from fake Ollama (phi3:latest)."
+        explain = httpx.get(gw.base_url + "/admin/route", params={"model": "phi3"}, timeout=10).json()
+        assert explain["matched_by"] == "discovered" and "Ollama's default tag" in explain["rule"]
+        # the fake lists llama3.2:latest as well: reached as llama3.2
+        r = post(gw, {"model": "llama3.2", "messages": CHAT})
+        assert r.status_code == 200 and r.headers["x-aib-model"] == "llama3.2:latest"
+
+
 def test_pull_over_http_then_probe_now(own_fake: FakeOllama, tmp_path: Path) -> None:
     with ollama_gateway(tmp_path, own_fake, interval_s=60) as gw:
         gw.wait_first_probe()

@@ -7,6 +7,7 @@ SIGKILL followed by a second run that cleans up what the killed one left. Every 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -14,8 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -25,6 +28,7 @@ from typer.testing import CliRunner
 
 from aib.cli.main import app
 from aib.devtools.llamacpp import free_port, llamacpp_available
+from aib.observe.requestquery import RequestLogMissing, RequestLogReader
 from aib.ops import democonfig
 from aib.ops.demo import DemoError, DemoOptions, DemoStack, run_demo
 from aib.ops.procs import PidRecord, aib_command, alive, cmdline
@@ -39,6 +43,21 @@ CHAT = [{"role": "user", "content": "Say hi"}]
 def _needs_llamacpp(smollm_model: Path) -> None:
     if not llamacpp_available():  # `make test` installs it: a skip would count a missing part as a pass
         pytest.fail("llama-cpp-python[server] is not installed (pip install -e '.[llamacpp]')")
+
+
+def request_trace(db: Path, request_id: str) -> dict[str, Any]:
+    """The request log's record of one request, once the gateway's writer stored it."""
+    found: list[dict[str, Any]] = []
+
+    def stored() -> bool:
+        with contextlib.suppress(RequestLogMissing), RequestLogReader(db) as reader:
+            row = reader.trace(request_id)
+            if row is not None:
+                found.append(row)
+        return bool(found)
+
+    wait_until(stored, 10, 0.05, f"request {request_id} in the request log")
+    return found[0]
 
 
 def assert_all_gone(pids: list[int]) -> None:
@@ -113,13 +132,22 @@ def test_demo_routes_real_requests_and_stops_everything(stack: tuple[DemoStack, 
     st.summary()
     assert any("Ready in" in line for line in lines)
     st.servers[0].stop()  # server A goes away: smollm2-a falls back to server B
+    rid = uuid.uuid4().hex
     r = httpx.post(
         st.gateway_url + "/v1/chat/completions",
         json={"model": democonfig.PRIMARY, "messages": CHAT, "max_tokens": 4},
+        headers={"x-request-id": rid},
         timeout=60,
     )
     assert r.status_code == 200, r.text
-    assert r.headers["x-aib-provider"] == "demo-b" and r.headers["x-aib-fallbacks"] == "1"
+    assert r.headers["x-aib-provider"] == "demo-b"
+    # A was tried and refused (x-aib-fallbacks: 1), unless a probe (every 5 s) saw it stop first and the
+    # gateway went to B at once (0); stopping takes a while on a busy machine. The header says which.
+    trace = request_trace(st.dir / "requests.db", rid)
+    failed = [(a["provider"], a["error"]) for a in trace["attempts"] if not a["ok"]]
+    assert r.headers["x-aib-fallbacks"] == str(len(failed)) and trace["fallbacks"] == len(failed)
+    assert all(p == "demo-a" and "unreachable" in str(e) for p, e in failed), failed
+    assert trace["attempts"][-1]["provider"] == "demo-b" and trace["attempts"][-1]["ok"] == 1
 
     polls = iter(range(200))  # at most ~10 s: until the UI, server A's exit and the request were shown
     access = re.compile(r"gateway \| .*aib\.access.*smollm2-a")

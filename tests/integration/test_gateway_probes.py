@@ -201,13 +201,18 @@ def test_health_shows_states_and_breakers(
     trio[2].healthy = False  # gamma answers its probe with 503
     gw = chain(urls={"beta": dead_url()}, health=True, threshold=1)
     trio[0].enqueue(Reply.error(500, "kaput"))
-    err = assert_envelope(post_chat(gw), 502)  # alpha 500, beta refused, gamma unhealthy but tried last
+    err = assert_envelope(post_chat(gw), 502)  # alpha 500; beta and gamma are down: not tried
+    # the deployment tried and why it failed, then those not tried and why not
+    assert err["message"].startswith(
+        "Tried 1 deployment: alpha/m: alpha answered 500: kaput. Not tried: beta: down ("
+    )
+    assert REFUSED.search(err["message"]) and "gamma: down (health endpoint answered 503" in err["message"]
     r = httpx.get(gw.base_url + "/health", timeout=TIMEOUT)
-    assert r.status_code == 200  # alpha is healthy
+    assert r.status_code == 200  # alpha answers its probes: it takes requests again (a trial first)
     body = r.json()
-    assert body["status"] == "degraded" and body["healthy_providers"] == 1
+    assert body["status"] == "degraded" and body["healthy_providers"] == 0 and body["degraded_providers"] == 1
     ps = body["providers"]
-    assert ps["alpha"]["status"] == "healthy"
+    assert ps["alpha"]["status"] == "degraded"  # it answers its probe, but its breaker is open
     assert ps["beta"]["status"] == "unhealthy" and REFUSED.search(ps["beta"]["last_error"])
     assert ps["gamma"]["status"] == "unhealthy" and "503" in ps["gamma"]["last_error"]
     assert ps["alpha"]["breakers"]["alpha/m"]["state"] == "open"

@@ -33,6 +33,9 @@ def test_locustfile_headless_against_the_gateway(tmp_path: Path) -> None:
                 "AIB_LOAD_MODEL": "bench",
                 "AIB_LOAD_WAIT": "0,0.05",
                 "AIB_LOAD_STREAM_SHARE": "0.5",
+                # the run ends after this much work, not after a few seconds: on a busy machine a 3 s
+                # run could end before a single request had been answered (stats then empty)
+                "AIB_LOAD_REQUESTS": "40",
             }
             cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", gw.base_url, "--headless"]
             cmd += [
@@ -41,7 +44,7 @@ def test_locustfile_headless_against_the_gateway(tmp_path: Path) -> None:
                 "--spawn-rate",
                 "4",
                 "--run-time",
-                "3s",
+                "120s",  # only a bound: AIB_LOAD_REQUESTS ends it
                 "--json",
                 "--skip-log",
                 "--only-summary",

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from aib.gateway.server import build_gateway
@@ -227,8 +228,13 @@ def test_promtool_accepts_the_exposition(observed: tuple[RunningGateway, Observa
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )
     assert res.returncode == 0, res.stdout + res.stderr
+    # promtool check metrics reads the text format only (on OpenMetrics it stops at the first `info`
+    # type): the OpenMetrics answer goes through prometheus_client's strict OpenMetrics parser
     assert om.headers["content-type"].startswith("application/openmetrics-text")
-    assert om.text.rstrip().endswith("# EOF")
+    families = {f.name: f for f in parse_openmetrics(om.text)}
+    assert families["aib_config"].type == "info" and families["aib_requests"].type == "counter"
+    assert sum(len(f.samples) for f in families.values()) > 20
+    assert om.text.endswith("# EOF\n")
 
 
 def test_request_log_and_access_log_describe_each_request(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from aib.devtools.llamacpp import free_port
 from aib.ops import procs
 from aib.ops.demo import DemoOptions, DemoStack
 from aib.ops.procs import Child, PidRecord, aib_command, alive, cmdline
@@ -82,6 +83,10 @@ def test_aib_command_falls_back_to_the_interpreter(monkeypatch: pytest.MonkeyPat
 
 
 def stack(tmp_path: Path, **opts: object) -> tuple[DemoStack, list[str]]:
+    """A demo stack in ``tmp_path``; free ports unless given (the defaults, 4000 and 5001, may be
+    taken by a gateway or UI someone runs on this machine: a UI there would look "ready")."""
+    opts.setdefault("port", free_port())
+    opts.setdefault("ui_port", free_port())
     lines: list[str] = []
     st = DemoStack(DemoOptions(demo_dir=tmp_path, **opts), out=lines.append)  # type: ignore[arg-type]
     st.logs.mkdir(parents=True)

@@ -81,7 +81,12 @@ def test_twenty_reloads_under_load_lose_nothing(
             wait_until(lambda b=before: len(load.outcomes) >= b + 20, 5.0, what="traffic on the new plan")
     applied = [r for r in service.controller.history if r.result == "applied"]
     assert len(applied) == RELOADS, [(r.trigger, r.result, r.message) for r in service.controller.history]
-    assert not [r for r in service.controller.history if r.result != "applied" and r.trigger != "api"]
+    # a watcher reload that is not applied may only be the rejection of a file caught mid-write: the
+    # writes here truncate, then write (an editor without atomic save), and on a busy machine the
+    # pause between the two can outlast the 100 ms quiet window; the half-written file is refused
+    # and the complete one applied with the next event (never a rollback, never a lost request)
+    others = [r for r in service.controller.history if r.result != "applied" and r.trigger != "api"]
+    assert all(r.result == "rejected" for r in others), [(r.result, r.message) for r in others]
     assert load.failures == [], load.failures[:5]
     assert len(load.outcomes) > 500
     by_version: Counter[str] = Counter()
@@ -158,7 +163,12 @@ def test_dead_critical_provider_is_rolled_back(
             json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
         )
         assert r.status_code == 200 and r.headers["x-aib-provider"] == "pa"
-        assert counted == ["failure"]
+        # the hook hears of each reload that was not applied: the rollback, and (on a busy machine,
+        # where the second file may be written more than the quiet window after the first) the
+        # rejection of the first file alone
+        results = [r.result for r in service.controller.history]
+        assert results.count("rolled_back") == 1 and set(results) <= {"applied", "rejected", "rolled_back"}
+        assert counted == ["failure"] * (results.count("rejected") + 1)
         history = httpx.get(f"{rg.base_url}/admin/reloads").json()
         assert history["reloads"][0]["result"] == "rolled_back" and history["plan_version"] == good
 

@@ -295,3 +295,21 @@ def test_rollback_drill(tmp_path: Path, up: ScriptedUpstream) -> None:
         assert r.exit_code == 1 and "no config folder to drill on" in r.stderr
     r = aib("rollback", "--drill", "-g", dead_url())
     assert r.exit_code == 1 and "the drill needs a running gateway" in r.stderr
+
+
+def test_config_dir_says_when_the_gateway_serves_other_files(cdir: Path, gw: Any, tmp_path: Path) -> None:
+    """`-c DIR` on the commands that talk to a gateway: the files the user means, compared with the
+    files the gateway serves (reload refuses another folder; health, monitor and ui say so)."""
+    rg, _ = gw
+    url = rg.base_url
+    other = tmp_path / "other"
+    other.mkdir()
+    write(other, (cdir / "providers.yaml").read_text(), mappings_yaml({"m": "pa", "n": "pa"}))
+    r = aib("reload", "-g", url, "-c", str(other))
+    assert r.exit_code == 2 and f"serves the files in {cdir.resolve()}, not {other}" in r.stderr
+    assert aib("reload", "-g", url, "-c", str(cdir)).exit_code == 0  # the same folder
+    for cmd in (["health"], ["monitor", "--once", "--interval", "0.1"]):
+        r = aib(*cmd, "-g", url, "-c", str(other))
+        assert f"the files in {other} are version {version_of(other)}" in r.stderr, (cmd, r.output)
+        r = aib(*cmd, "-g", url, "-c", str(cdir))
+        assert "note:" not in r.stderr, (cmd, r.output)

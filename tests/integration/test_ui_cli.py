@@ -51,16 +51,24 @@ def test_a_port_in_use_is_refused_before_starting() -> None:
     assert f"port {port} on 127.0.0.1 is in use: choose another with --port" in result.output
 
 
-def test_without_the_ui_extra_the_command_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_ui_extra_the_command_installs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gradio missing: `aib ui` runs pip for the pinned ui extra (here pip is told to fail: the
+    command says what it tried and stops)."""
     import importlib.util
+
+    from aib.cli import extras
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a)
     )
+    ran: list[list[str]] = []
+    monkeypatch.setattr(extras, "_pip", lambda argv: ran.append(argv) or 1)
     result = runner.invoke(app, ["ui"])
     assert result.exit_code == 1
-    assert "the web UI needs gradio: install the ui extra (pip install -e '.[ui]')" in result.output
+    assert "gradio not installed: installing the ui extra now (gradio==" in result.output
+    assert "pip could not install the ui extra (exit 1): pip install gradio==" in result.output
+    assert ran and ran[0][1:4] == ["-m", "pip", "install"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

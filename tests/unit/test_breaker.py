@@ -171,3 +171,39 @@ def test_latency_ewma() -> None:
     assert st.ewma_ttfb_s == 1.0
     st.observe_ttfb(2.0)
     assert st.ewma_ttfb_s == pytest.approx(1.3)
+
+
+def test_a_good_probe_makes_an_open_breaker_half_open_at_once() -> None:
+    b = opened(cooldown_s=30)
+    assert b.current(T0 + 2) == "open"
+    assert b.probe_ok(T0 + 2) is True
+    assert b.current(T0 + 2) == "half_open" and b.acquire(T0 + 2)  # one trial, now
+    assert not b.acquire(T0 + 2) and b.probe_ok(T0 + 2) is False  # a trial runs: nothing to do
+    b.success()
+    assert b.current(T0 + 2) == "closed"
+
+
+def test_a_good_probe_changes_nothing_unless_open() -> None:
+    b = CircuitBreaker(threshold=3, cooldown_s=10)
+    assert b.probe_ok(T0) is False and b.current(T0) == "closed"
+    b = opened(cooldown_s=10)
+    assert b.probe_ok(T0 + 11) is False and b.current(T0 + 11) == "half_open"  # cool-down over anyway
+
+
+def test_a_good_probe_does_not_cut_short_a_pause_the_upstream_asked_for() -> None:
+    b = CircuitBreaker(threshold=3, cooldown_s=10)
+    b.failure("429", retry_after_s=20, now=T0)
+    assert b.probe_ok(T0 + 1) is False and b.current(T0 + 1) == "open"
+    assert b.acquire(T0 + 21)
+    b.failure("boom", now=T0 + 21)  # the trial failed: opened by us this time, a probe may end it
+    assert b.current(T0 + 22) == "open" and b.probe_ok(T0 + 22) is True
+
+
+def test_runtime_state_half_opens_the_breakers_of_one_provider() -> None:
+    state = RuntimeState(breaker_threshold=1, breaker_cooldown_s=60)
+    for tid in ("p/a", "p/b", "pq/a", "q/a"):
+        state.stats(tid).breaker.failure("down")
+    state.stats("p/b").breaker.success()
+    assert state.probe_ok("p") == ["p/a"]  # not pq/a: another provider whose name starts alike
+    assert state.stats("p/a").breaker.current() == "half_open"
+    assert state.stats("pq/a").breaker.current() == "open" and state.stats("q/a").breaker.current() == "open"

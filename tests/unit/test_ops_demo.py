@@ -102,9 +102,14 @@ def test_demo_dir_that_cannot_be_created(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "cannot create the demo folder" in result.output
 
 
-def test_ui_is_skipped_until_the_ui_command_exists() -> None:
+def test_ui_is_skipped_until_the_ui_command_and_its_libraries_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
     has_ui = any(c.name == "ui" for c in app.registered_commands)
-    assert webui_available() is (has_ui and __import__("importlib").util.find_spec("aib.webui") is not None)
+    assert webui_available() is (has_ui and importlib.util.find_spec("gradio") is not None)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "gradio" else real(n, *a))
+    assert webui_available() is False
 
 
 def test_a_recycled_owner_pid_is_not_a_demo(tmp_path: Path) -> None:

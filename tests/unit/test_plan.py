@@ -153,6 +153,24 @@ def test_resolution_order(plan: RoutingPlan) -> None:
     assert plan.resolve("capability/code").matched_by == "capability"  # type: ignore[union-attr]
 
 
+def test_ollama_default_tag_both_ways(plan: RoutingPlan) -> None:
+    """Ollama lists an untagged pull as NAME:latest and serves NAME as NAME:latest: so does the plan."""
+    live = plan.with_discovered({"ollama": ("llama3.2:latest", "qwen2:7b")})
+    res = live.resolve("llama3.2")
+    assert res is not None and res.group.name == "llama3.2:latest" and res.matched_by == "discovered"
+    assert [t.upstream for t in res.group.targets] == ["llama3.2:latest"]
+    assert res.rule == "discovered on ollama (Ollama's default tag: 'llama3.2' is 'llama3.2:latest')"
+    assert live.resolve("llama3.2") is res  # remembered
+    # and back: NAME:latest for a configured NAME (an alias too)
+    res = live.resolve("coder:latest")
+    assert res is not None and res.group.name == "coder" and res.matched_by == "exact"
+    assert res.fallbacks == live.resolve("coder").fallbacks  # type: ignore[union-attr]
+    assert live.resolve("fast:latest").group.name == "llama3"  # type: ignore[union-attr]
+    # only another tag than :latest is another model; only Ollama has the rule
+    assert live.resolve("qwen2") is None and live.resolve("llama3.2:8b") is None
+    assert live.resolve("big:latest") is None and live.resolve("pool:latest") is None
+
+
 def test_unknown_names(plan: RoutingPlan) -> None:
     assert plan.resolve("nothing") is None
     assert plan.resolve("capability/telepathy") is None

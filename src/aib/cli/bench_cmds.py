@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from aib.cli.common import EXIT_PROBLEM, JsonOpt, console, err_console, fail, print_json
+from aib.cli.common import EXIT_PROBLEM, JsonOpt, UnusedConfigDirOpt, console, err_console, fail, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -50,6 +50,7 @@ def bench(
     no_chart: Annotated[bool, typer.Option("--no-chart", help="Do not draw the PNG chart.")] = False,
     check: Annotated[bool, typer.Option("--check", help="Exit 1 when a target fails.")] = False,
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
 ) -> None:
     """Measure what each engine adds over calling the upstream directly, on this machine.
 

@@ -16,11 +16,13 @@ from aib.cli.common import (
     ConfigDirOpt,
     GatewayOpt,
     JsonOpt,
+    ServedConfigDirOpt,
     config_errors,
     console,
     err_console,
     fail,
     print_json,
+    served_version_note,
 )
 
 if TYPE_CHECKING:
@@ -167,7 +169,11 @@ def _check_exposure(settings: GatewaySettings) -> None:
     )
 
 
-def health(gateway: GatewayOpt = "http://127.0.0.1:4000", as_json: JsonOpt = False) -> None:
+def health(
+    gateway: GatewayOpt = "http://127.0.0.1:4000",
+    as_json: JsonOpt = False,
+    config_dir: ServedConfigDirOpt = None,
+) -> None:
     """Show a running gateway's /health: each provider's state, probe latency and last error."""
     from rich.table import Table
 
@@ -195,4 +201,7 @@ def health(gateway: GatewayOpt = "http://127.0.0.1:4000", as_json: JsonOpt = Fal
                 p.get("last_error") or "",
             )
         console.print(table)
+    note = served_version_note(data.get("plan_version"), config_dir)
+    if note:
+        err_console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     raise typer.Exit(0 if status == 200 else 1)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aib.cli.common import EXIT_BAD_INPUT, JsonOpt, console, err_console, fail, print_json
+from aib.cli.common import EXIT_BAD_INPUT, JsonOpt, UnusedConfigDirOpt, console, err_console, fail, print_json
 
 keys_app = typer.Typer(
     help="Client keys: who may use the gateway, which models, how much (docs/security.md).",
@@ -186,6 +186,7 @@ def create(
     db: DbOpt = None,
     gateway: RemoteOpt = None,
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
 ) -> None:
     """Make a key for NAME. The key is printed once: only its hash is kept."""
     metadata: dict[str, str] = {}
@@ -225,6 +226,7 @@ def list_keys(
     db: DbOpt = None,
     gateway: RemoteOpt = None,
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
 ) -> None:
     """Every key: id, owner, state, models, limits (never a secret)."""
     from rich.table import Table
@@ -252,6 +254,7 @@ def show(
     db: DbOpt = None,
     gateway: RemoteOpt = None,
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
 ) -> None:
     """One key, with what it used today and this month."""
     found = _backend(db, gateway).show(ident)
@@ -279,6 +282,7 @@ def revoke(
     db: DbOpt = None,
     gateway: RemoteOpt = None,
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
 ) -> None:
     """Revoke a key (or every key of a name): refused by every gateway sharing the store within a second."""
     revoked = _backend(db, gateway).revoke(ident)
@@ -300,6 +304,7 @@ def rotate(
     db: DbOpt = None,
     gateway: RemoteOpt = None,
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
 ) -> None:
     """A new key with the same owner, models and limits; the old one stops now or after --grace."""
     from aib.auth.keys import parse_duration
@@ -327,6 +332,7 @@ def usage(
     db: DbOpt = None,
     gateway: RemoteOpt = None,
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
 ) -> None:
     """Requests, tokens and refusals per key; budget use today and this month."""
     from rich.table import Table

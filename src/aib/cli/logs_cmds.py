@@ -20,7 +20,15 @@ import orjson
 import typer
 from rich.table import Table
 
-from aib.cli.common import EXIT_BAD_INPUT, EXIT_PROBLEM, JsonOpt, console, fail, print_json
+from aib.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_PROBLEM,
+    JsonOpt,
+    UnusedConfigDirOpt,
+    console,
+    fail,
+    print_json,
+)
 from aib.observe.requestquery import RequestLogMissing, RequestLogReader, parse_since
 
 DbOpt = Annotated[
@@ -143,6 +151,7 @@ def tail(
         float | None, typer.Option("--for", hidden=True, help="Stop following after N seconds.")
     ] = None,
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
 ) -> None:
     """The last requests, oldest first, filtered by model, status, age, route or provider."""
     if ctx.invoked_subcommand is not None:
@@ -216,6 +225,7 @@ def trace(
         ),
     ],
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
 ) -> None:
     """One request: how its model was routed, every upstream attempt, and where the time went."""
     db: Path = ctx.obj or DEFAULT_DB
@@ -275,6 +285,7 @@ def stats(
         str | None, typer.Option("--key", help="Only this client key (its name).", show_default=False)
     ] = None,
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
 ) -> None:
     """Per model: requests, error rate, latency p50/p95/p99, stream TTFT, tokens and tokens/s."""
     db: Path = ctx.obj or DEFAULT_DB

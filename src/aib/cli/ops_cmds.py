@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from aib.cli.common import ConfigDirOpt, GatewayOpt, JsonOpt, config_errors, console, fail, print_json
+from aib.cli.common import (
+    ConfigDirOpt,
+    GatewayOpt,
+    JsonOpt,
+    ServedConfigDirOpt,
+    config_errors,
+    console,
+    err_console,
+    fail,
+    print_json,
+    served_version_note,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +49,16 @@ def demo(
             show_default=False,
         ),
     ] = None,
+    config_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--config-dir",
+            "-c",
+            help="Where the demo writes its config (default: DIR/config). Never a folder with a config of "
+            "your own: the demo refuses to overwrite files it did not write. (Not read from AIB_CONFIG_DIR.)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """A working local setup: two llama.cpp servers with SmolLM2-135M, the gateway, the web UI.
 
@@ -47,7 +68,12 @@ def demo(
     from aib.ops.demo import DemoError, DemoOptions, default_demo_dir, run_demo
 
     opts = DemoOptions(
-        port=port, ui_port=ui_port, ui=not no_ui, check=check, demo_dir=demo_dir or default_demo_dir()
+        port=port,
+        ui_port=ui_port,
+        ui=not no_ui,
+        check=check,
+        demo_dir=demo_dir or default_demo_dir(),
+        config_dir=config_dir,
     )
 
     def out(line: str) -> None:
@@ -104,6 +130,7 @@ def monitor(
         bool, typer.Option("--once", help="Render one frame (two scrapes, INTERVAL apart) and exit.")
     ] = False,
     as_json: JsonOpt = False,
+    config_dir: ServedConfigDirOpt = None,
 ) -> None:
     """A live view of a running gateway: providers, requests per second, latency p50/p95, errors, fallbacks.
 
@@ -114,6 +141,22 @@ def monitor(
 
     if as_json and not once:
         fail("--json needs --once", code=2)
+    _note_served_version(gateway, config_dir)
     if once:
         raise typer.Exit(run_once(gateway, interval, console, as_json=as_json))
     run_live(gateway, interval, window, console)
+
+
+def _note_served_version(gateway: str, config_dir: Path | None) -> None:
+    """With --config-dir: a warning (stderr) when the gateway serves other files than those."""
+    if config_dir is None:
+        return
+    from aib.cli.http import GatewayDown, request_json
+
+    try:
+        _, data = request_json(f"{gateway.rstrip('/')}/health/ready", timeout=3)
+    except GatewayDown:
+        return  # the view itself says the gateway is down
+    note = served_version_note(data.get("plan_version") if isinstance(data, dict) else None, config_dir)
+    if note:
+        err_console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)

@@ -96,6 +96,17 @@ def reload(
     as_json: JsonOpt = False,
     history: Annotated[bool, typer.Option("--history", help="Show the last reloads instead.")] = False,
     limit: Annotated[int, typer.Option(help="With --history: how many.", min=1)] = 20,
+    config_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--config-dir",
+            "-c",
+            envvar="AIB_CONFIG_DIR",
+            help="The folder you edited: refuse (exit 2) when the gateway serves another one (it reloads "
+            "its own files).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Reload the configuration of a running gateway now (POST /admin/reload) and show the result.
 
@@ -109,6 +120,8 @@ def reload(
                 return
             _print_history(data)
             return
+        if config_dir is not None:
+            _same_folder(gateway, config_dir)
         _, res = admin_call(gateway, "/admin/reload", "POST", {"by": who("reload")})
     except GatewayDown as exc:
         fail(f"{exc}. Start the gateway with `aib serve`, or check the files with `aib validate`.")
@@ -117,6 +130,18 @@ def reload(
     else:
         print_report(res)
     _exit_for(res)
+
+
+def _same_folder(gateway: str, config_dir: Path) -> None:
+    """Exit 2 when the gateway's config folder is not ``config_dir``."""
+    _, data = admin_call(gateway, "/admin/reloads?limit=1", expect="reloads")
+    theirs = data.get("config_dir")
+    if theirs and Path(str(theirs)).resolve() != config_dir.resolve():
+        fail(
+            f"the gateway at {gateway} serves the files in {theirs}, not {config_dir}: it would reload "
+            "those. Edit them, or start a gateway on this folder (aib serve -c).",
+            EXIT_BAD_INPUT,
+        )
 
 
 def _print_history(data: dict[str, Any]) -> None:

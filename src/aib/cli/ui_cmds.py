@@ -6,15 +6,23 @@ aib ui --port 5002 --gateway http://127.0.0.1:4001 --db /srv/aib/requests.db
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 from typing import Annotated
 
 import typer
 
-from aib.cli.common import EXIT_BAD_INPUT, GatewayOpt, console, err_console, fail
+from aib.cli.common import (
+    EXIT_BAD_INPUT,
+    GatewayOpt,
+    ServedConfigDirOpt,
+    console,
+    err_console,
+    fail,
+    served_version_note,
+)
 
 DEFAULT_DB = "var/requests.db"
+UI_MODULES = ("gradio", "matplotlib", "openai")
 OFF = ("off", "none", "0", "false", "no", "")
 
 
@@ -33,15 +41,20 @@ def ui(
             help="The gateway's request log (SQLite), read for analytics and history; 'off' for none.",
         ),
     ] = DEFAULT_DB,
+    config_dir: ServedConfigDirOpt = None,
 ) -> None:
     """Start the web UI: chat, compare models side by side, analytics, request history, provider health.
 
     The UI talks to the gateway like any client (OpenAI API) and reads the request log read-only.
-    Needs the ui extra (gradio, matplotlib): see the README's Web UI section.
+    Installs the ui extra (gradio, matplotlib, openai) the first time it runs, with pip, into the same
+    environment.
     """
-    missing = [m for m in ("gradio", "matplotlib", "openai") if importlib.util.find_spec(m) is None]
-    if missing:
-        fail(f"the web UI needs {', '.join(missing)}: install the ui extra (pip install -e '.\\[ui]')")
+    from aib.cli.extras import ExtraError, ensure_extra
+
+    try:  # make run installs only the gateway: the UI's libraries come with the first `aib ui`
+        ensure_extra("ui", UI_MODULES, lambda line: err_console.print(line, soft_wrap=True, markup=False))
+    except ExtraError as exc:
+        fail(str(exc))
     from aib.cli.http import GatewayDown, request_json
     from aib.webui.gateway import root_url
 
@@ -53,13 +66,17 @@ def ui(
     if not _port_free(port):
         fail(f"port {port} on 127.0.0.1 is in use: choose another with --port")
     try:
-        request_json(url + "/health/live", timeout=2)
+        _, ready = request_json(url + "/health/ready", timeout=2)
     except GatewayDown:
         err_console.print(
             f"[yellow]warning:[/yellow] nothing answers at {url} yet; the UI says so until the gateway runs "
             "(start it with `aib serve`)",
             soft_wrap=True,
         )
+    else:
+        note = served_version_note(ready.get("plan_version") if isinstance(ready, dict) else None, config_dir)
+        if note:
+            err_console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     from aib.webui.app import close_ui, create_ui, launch_ui
 
     demo = create_ui(url, request_log)

@@ -14,6 +14,7 @@ from pathlib import Path
 from aib.config.errors import ConfigIssue, Severity
 from aib.config.litellm_sdk import AdapterPython, find_adapter_python
 from aib.config.load import LoadedConfig
+from aib.config.partial import LeftOut
 from aib.config.schema import CAPABILITY_PREFIX, Deployment, MappingsFile, ProviderBase, ProvidersFile
 
 
@@ -37,21 +38,23 @@ def glob_shadows(earlier: str, later: str) -> bool:
 
 
 class _Checker:
-    def __init__(self, cfg: LoadedConfig) -> None:
+    def __init__(self, cfg: LoadedConfig, left: LeftOut | None = None) -> None:
         self.cfg = cfg
         self.p: ProvidersFile = cfg.providers
         self.m: MappingsFile = cfg.mappings
         self.issues: list[ConfigIssue] = []
         self._adapter: AdapterPython | None = None
+        # entries left out for a schema error (aib.config.partial): known names, but not checked
+        self.left = left or LeftOut()
 
     def add(self, file: str, loc: tuple[str | int, ...], msg: str, severity: Severity = "error") -> None:
         doc = self.cfg.providers_doc if file == "p" else self.cfg.mappings_doc
-        line, path = doc.line_of(loc)
+        line, path = doc.line_of(self.left.file_loc(loc) if file == "m" else loc)
         self.issues.append(ConfigIssue(doc.name, line, path, msg, severity))
 
     # names --------------------------------------------------------------------------------
     def route_names(self) -> set[str]:
-        return set(self.m.models) | set(self.alias_map())
+        return set(self.m.models) | set(self.alias_map()) | self.left.routes
 
     def alias_map(self) -> dict[str, str]:
         out = dict(self.m.aliases)
@@ -139,6 +142,8 @@ class _Checker:
         for loc, d in self.deployments():
             route_name = str(loc[1])
             prov = provs.get(d.provider)
+            if prov is None and d.provider in self.left.providers:
+                continue
             if prov is None:
                 self.add("m", loc, f"unknown provider {d.provider!r} (known: {', '.join(sorted(provs))})")
                 continue
@@ -163,7 +168,7 @@ class _Checker:
             if not prov.enabled:
                 self.add("m", loc, f"provider {d.provider!r} is disabled", "warning")
         for i, pat in enumerate(self.m.patterns):
-            if pat.provider not in provs:
+            if pat.provider not in provs and pat.provider not in self.left.providers:
                 self.add(
                     "m",
                     ("patterns", i, "provider"),
@@ -194,7 +199,7 @@ class _Checker:
                 self.add("m", ("aliases", a), f"alias {a!r} is also a model name")
             elif a in claimed and claimed[a] != target:
                 self.add("m", ("aliases", a), f"alias {a!r} is also an alias of {claimed[a]!r}")
-            if target not in self.m.models:
+            if target not in self.m.models and target not in self.left.routes:
                 self.add("m", ("aliases", a), f"alias points to unknown model {target!r}{self._hint(target)}")
 
     def _hint(self, name: str) -> str:
@@ -218,7 +223,7 @@ class _Checker:
         aliases = self.alias_map()
         edges = self.fallback_edges()
         for src, outs in edges.items():
-            if src not in self.m.models:
+            if src not in self.m.models and src not in self.left.routes:
                 self.add("m", outs[0][0][:2], f"fallbacks for unknown model {src!r}{self._hint(src)}")
             for loc, dst in outs:
                 if dst not in known:
@@ -291,7 +296,7 @@ class _Checker:
         have = self.route_capabilities()
         every = set().union(*have.values()) if have else set()
         for cap, rule in self.m.capabilities.items():
-            if cap not in every:
+            if cap not in every and not self.left.any:  # (an entry left out may have had it)
                 self.add(
                     "m",
                     ("capabilities", cap),
@@ -299,6 +304,8 @@ class _Checker:
                 )
             for i, r in enumerate(rule.prefer):
                 canonical = self.alias_map().get(r, r)
+                if canonical in self.left.routes:
+                    continue
                 if canonical not in self.m.models:
                     self.add("m", ("capabilities", cap, "prefer", i), f"unknown model {r!r}{self._hint(r)}")
                 elif cap not in have.get(canonical, set()):
@@ -333,6 +340,7 @@ class _Checker:
                     )
 
 
-def check_config(cfg: LoadedConfig) -> list[ConfigIssue]:
-    """Every cross-file problem of a loaded config, errors and warnings."""
-    return _Checker(cfg).run()
+def check_config(cfg: LoadedConfig, left: LeftOut | None = None) -> list[ConfigIssue]:
+    """Every cross-file problem of a loaded config, errors and warnings. ``left``: entries left out
+    of it because they failed the schema (:mod:`aib.config.partial`)."""
+    return _Checker(cfg, left).run()

@@ -74,7 +74,10 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("Defaults", "breaker"): "The circuit breaker of every deployment.",
     ("Retries", ""): "How many upstream attempts a request may make, and which statuses move on.",
     ("Breaker", ""): "Per-deployment circuit breaker: after `failure_threshold` failures in a row the "
-    "deployment is skipped for `cooldown_s`, then one trial request decides.",
+    "deployment is skipped for `cooldown_s`, then one trial request decides. A health probe that finds "
+    "the server up ends the cool-down at once (unless the server asked for the pause with Retry-After), "
+    "and when breakers shut out every deployment of a request while probes say some are up, the request "
+    "goes to those (panic routing) instead of a 503.",
     ("TimeoutsPatch", ""): "A route's own time limits; each key left out keeps `defaults.timeouts`.",
     ("TimeoutsPatch", "connect_s"): "TCP connect, per attempt.",
     ("TimeoutsPatch", "first_byte_s"): "From sending the request to the first response byte, per attempt.",

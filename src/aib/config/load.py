@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from aib.config.errors import ConfigError, ConfigIssue
+from aib.config.partial import cross_file_issues
 from aib.config.schema import MappingsFile, ProvidersFile
 from aib.config.yamlsource import YamlDoc, parse_yaml, read_yaml, to_plain
 
@@ -88,9 +89,14 @@ def load_defaults() -> LoadedConfig:
 def _validate(
     p_doc: YamlDoc | None, m_doc: YamlDoc | None, issues: list[ConfigIssue], cdir: Path | None
 ) -> LoadedConfig:
+    parsed = not issues and p_doc is not None and m_doc is not None
     providers = _model(ProvidersFile, p_doc, issues)
     mappings = _model(MappingsFile, m_doc, issues)
     if issues or providers is None or mappings is None or p_doc is None or m_doc is None:
+        if parsed and p_doc is not None and m_doc is not None:  # both files parse: say the rest too
+            seen = {(i.file, i.line, i.path) for i in issues}
+            more = cross_file_issues(p_doc, m_doc, cdir)
+            issues.extend(i for i in more if (i.file, i.line, i.path) not in seen)
         raise ConfigError(issues)
     return LoadedConfig(providers, mappings, p_doc, m_doc, cdir)
 

@@ -18,6 +18,7 @@ from typing import Literal
 from aib.config.litellm_sdk import SdkOptions
 from aib.config.schema import CAPABILITY_PREFIX, Auth, HealthCheck, Timeouts
 
+OLLAMA_DEFAULT_TAG = ":latest"  # Ollama names an untagged model NAME:latest
 MatchKind = Literal["exact", "alias", "discovered", "pattern", "capability"]
 
 DEFAULT_HEALTH_PATHS = {
@@ -193,6 +194,9 @@ class RoutingPlan:
                 name, "alias", f"alias {name!r} -> {target!r}", group, self._fallbacks(group)
             )
             return res
+        tagged = self._ollama_tag(name)
+        if tagged is not None:
+            return tagged
         if name.startswith(CAPABILITY_PREFIX):  # reserved: never handed to patterns
             return self._resolve_capability(name)
         cached = self._pattern_cache.get(name)
@@ -203,6 +207,33 @@ class RoutingPlan:
             if len(self._pattern_cache) >= _PATTERN_CACHE_SIZE:
                 del self._pattern_cache[next(iter(self._pattern_cache))]  # oldest first
             self._pattern_cache[name] = found
+        return found
+
+    def _ollama_tag(self, name: str) -> Resolution | None:
+        """Ollama's own rule: ``llama3.2`` is ``llama3.2:latest`` (and back). A name that did not
+        resolve matches its other form when that is an exact, alias or discovered name served only
+        by Ollama providers."""
+        if name.endswith(OLLAMA_DEFAULT_TAG):
+            other = name[: -len(OLLAMA_DEFAULT_TAG)]
+        elif ":" not in name:
+            other = name + OLLAMA_DEFAULT_TAG
+        else:
+            return None
+        if not other or (other not in self.groups and other not in self.aliases):
+            return None
+        res = self.resolve(other)  # an exact, alias or discovered name: no recursion
+        if res is None or not all(
+            (p := self.providers.get(t.provider)) is not None and p.type == "ollama"
+            for t in res.group.targets
+        ):
+            return None
+        found = self._known[name] = Resolution(
+            name,
+            res.matched_by,
+            f"{res.rule} (Ollama's default tag: {name!r} is {other!r})",
+            res.group,
+            res.fallbacks,
+        )
         return found
 
     def _fallbacks(self, group: Group) -> tuple[Group, ...]:

@@ -530,7 +530,10 @@ class MappingsFile(Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     models: dict[ModelName, Route] = Field({}, description="Routes by the name clients ask for.")
     aliases: dict[ModelName, ModelName] = Field({}, description="Extra names -> route name.")
-    patterns: tuple[Pattern, ...] = Field((), description="Tried in order after exact names and aliases.")
+    patterns: tuple[Pattern, ...] = Field(
+        (),
+        description="Tried in order after exact names, aliases, discovered models and `capability/` names.",
+    )
     capabilities: dict[str, CapabilityRule] = Field({}, description="Rules for `capability/<name>` requests.")
     fallbacks: dict[ModelName, tuple[ModelName, ...]] = Field(
         {}, description="Fallback chains by route name (added after a route's own `fallbacks`)."

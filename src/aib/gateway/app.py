@@ -534,7 +534,8 @@ class Gateway:
             status = 200
         else:
             report = self.health.report(plan)
-            status = 200 if report["healthy_providers"] > 0 else 503
+            # degraded providers still take requests (a trial, or every request when nothing else can)
+            status = 200 if report["healthy_providers"] + report["degraded_providers"] > 0 else 503
         report["inflight"] = self.inflight
         report["uptime_s"] = round(time.time() - self.state.started_at, 1)
         report["auth"] = {"mode": plan.auth.mode, "keys": len(self.gate.keys) if self.gate.store else None}

@@ -109,6 +109,14 @@ class HealthMonitor:
             (log.info if ok else log.warning)(
                 "provider %s is %s%s", info.name, "up" if ok else "down", f": {reason}" if reason else ""
             )
+        if ok:
+            trial = self.state.probe_ok(info.name)
+            if trial:
+                log.info(
+                    "%s answers its probe: %s half-open (the next request is a trial)",
+                    info.name,
+                    ", ".join(trial),
+                )
         if ok and info.discovery:
             await self._discover(info, payload if info.health_url.endswith(kind.discovery_path) else None)
         return ok
@@ -152,21 +160,25 @@ class HealthMonitor:
         providers: dict[str, Any] = {}
         for name, info in plan.providers.items():
             h = self.state.health.get(name)
-            status = (
-                "disabled"
-                if not info.enabled
-                else "unknown"
-                if h is None or h.healthy is None
-                else "healthy"
-                if h.healthy
-                else "unhealthy"
-            )
             breakers = {
                 t.id: self.state.targets[t.id].breaker.snapshot(now)
                 for g in plan.groups.values()
                 for t in g.targets
                 if t.provider == name and t.id in self.state.targets
             }
+            status = (
+                "disabled"
+                if not info.enabled
+                else "unknown"
+                if h is None or h.healthy is None
+                else "unhealthy"
+                if not h.healthy
+                # it answers its probes, but requests to it failed: a breaker shuts it out (or lets
+                # one trial through)
+                else "degraded"
+                if any(b["state"] != "closed" for b in breakers.values())
+                else "healthy"
+            )
             providers[name] = {
                 "type": info.type,
                 "base_url": info.base_url,
@@ -179,13 +191,15 @@ class HealthMonitor:
                 "breakers": breakers,
             }
         healthy = sum(1 for p in providers.values() if p["status"] == "healthy")
+        degraded = sum(1 for p in providers.values() if p["status"] == "degraded")
         return {
             "status": "healthy"
             if healthy == len([p for p in providers.values() if p["status"] != "disabled"]) and healthy
             else "degraded"
-            if healthy
+            if healthy or degraded
             else "unhealthy",
             "healthy_providers": healthy,
+            "degraded_providers": degraded,
             "providers": providers,
             "plan_version": plan.version,
         }

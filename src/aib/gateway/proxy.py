@@ -18,10 +18,11 @@ from typing import Any
 import orjson
 
 from aib.config.plan import Group, ProviderInfo, Resolution, RoutingPlan, Target
-from aib.gateway import outbound
+from aib.gateway import outbound, refusals
 from aib.gateway.disconnect import DisconnectWatch, Notify
 from aib.gateway.errors import GatewayError, bad_request, envelope, model_not_found, upstream_failed
 from aib.gateway.httpclient import ConnectError, Response, UpstreamError
+from aib.gateway.sse import SSE_DONE, done_end, last_event_end, take_usage
 from aib.gateway.upstream import UpstreamPool
 from aib.observe.records import Attempt, RequestRecord
 from aib.providers import kind_for
@@ -39,7 +40,9 @@ REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "embeddings": ("input", (str, list)),
 }
 STREAMABLE = frozenset({"chat/completions", "completions"})
-SSE_DONE = b"data: [DONE]"
+# after [DONE], how long the rest of an upstream's answer (the end of its chunked body) may take to
+# arrive before its connection is dropped instead of reused
+DRAIN_AFTER_DONE_S = 1.0
 WATCH_AFTER_S = 1.0  # a request still running after this long starts watching for a client hang-up
 # answers up to this size are parsed whole to check them; larger ones (embeddings of many inputs run
 # to megabytes, ~1 ms of CPU per MB to parse) are checked at their ends and only `usage` is parsed
@@ -198,19 +201,23 @@ class Proxy:
         attempts_left = res.group.max_attempts
         last: Failure | None = None
         tried: set[str] = set()
-        for pass_no in (0, 1):
+        for pass_no in (0, 1, 2):
             for group in res.chain:
                 if pass_no == 0:
                     targets = balance.order(group, self.state)
-                else:  # last resort: health said no, but nothing else was tried; breakers still count
+                elif pass_no == 1:  # health said no, but nothing else was tried; breakers still count
                     targets = [t for t in group.targets if t.id not in tried]
+                else:  # panic: breakers shut out every deployment, yet probes say these are up
+                    targets = balance.order(group, self.state, refusals.panic_targets(group, self.state))
                 for target in targets:
                     if attempts_left <= 0 or loop.time() >= deadline:
                         break
                     if target.id in tried or target.provider not in plan.providers:
                         continue
                     info = plan.providers[target.provider]
-                    if not info.enabled or not self.state.stats(target.id).breaker.acquire():
+                    if not info.enabled:
+                        continue
+                    if pass_no < 2 and not self.state.stats(target.id).breaker.acquire():
                         continue
                     tried.add(target.id)
                     attempts_left -= 1
@@ -225,34 +232,8 @@ class Proxy:
             if tried or attempts_left <= 0:
                 break
         if last is not None:
-            raise last.error
-        raise self._nothing_available(res.chain)
-
-    def _nothing_available(self, chain: tuple[Group, ...]) -> GatewayError:
-        now = time.monotonic()
-        reasons = []
-        wait: float | None = None
-        for g in chain:
-            for t in g.targets:
-                st = self.state.targets.get(t.id)
-                h = self.state.health.get(t.provider)
-                if st is not None and not st.breaker.allows(now):
-                    left = max(st.breaker.opened_until - now, 0.0)
-                    wait = left if wait is None else min(wait, left)
-                    reasons.append(f"{t.id}: circuit open ({st.breaker.last_error})")
-                elif h is not None and not h.usable:
-                    reasons.append(f"{t.provider}: down ({h.last_error})")
-                else:
-                    reasons.append(f"{t.id}: disabled")
-        err = GatewayError(
-            503,
-            f"No deployment can take this request now: {'; '.join(reasons)}. GET /health shows provider states.",
-            "service_unavailable",
-            "no_healthy_deployment",
-        )
-        if wait is not None:
-            err.headers["retry-after"] = str(max(int(wait + 0.999), 1))
-        return err
+            raise refusals.all_failed(self.state, plan, res.chain, record, tried, last.error)
+        raise refusals.nothing_available(self.state, plan, res.chain)
 
     async def _attempt(
         self,
@@ -478,10 +459,12 @@ class Proxy:
         try:
             await self._pump(x, resp, first)
         except asyncio.CancelledError:
+            resp.close()  # drop the upstream connection: the upstream stops generating
+            if attempt.ok:  # cancelled after [DONE] (a shutdown while draining): it was served
+                raise
             record.client_disconnected = watch.gone
             stats.breaker.release()
             attempt.error = "client disconnected" if watch.gone else "cancelled"
-            resp.close()  # drop the upstream connection: the upstream stops generating
             raise
         return None
 
@@ -489,7 +472,9 @@ class Proxy:
         """Forward whole SSE events as they arrive; bytes are not re-encoded.
 
         Only complete events are sent (a chunk may end mid-event), so an error event appended after a
-        broken stream always starts on an event boundary.
+        broken stream always starts on an event boundary. The ``[DONE]`` event ends the client's
+        response at once: a client may hang up as soon as it has it (the ``openai`` SDK closes the
+        connection right after it), and the stream was served whatever the upstream does next.
         """
         info, attempt, record, send, stats = x.info, x.attempt, x.record, x.send, x.stats
         strip_usage, read_timeout_s = x.strip_usage, x.read_timeout_s
@@ -502,15 +487,17 @@ class Proxy:
         try:
             while True:
                 data = pending + chunk if pending else chunk
-                cut = _last_event_end(data)
+                cut = last_event_end(data)
                 if cut == 0:
                     pending = data
                 else:
                     out, pending = data[:cut], data[cut:]
                     if b'"usage":{' in out or b'"usage": {' in out:  # not the `"usage": null` of every chunk
-                        out = _take_usage(out, record, strip_usage)
-                    if not done and SSE_DONE in out:
-                        done = True
+                        out = take_usage(out, record, strip_usage)
+                    end = done_end(out) if SSE_DONE in out else 0
+                    if end:
+                        await self._served(x, resp, scrub(out[:end]))
+                        return
                     out = scrub(out)
                     if out:
                         if record.ttfb_s is None:
@@ -531,7 +518,7 @@ class Proxy:
         tail = b""
         if error is None and pending.strip():
             tail = scrub(pending) + b"\n\n"  # a last event without its blank line
-            done = done or SSE_DONE in pending
+            done = done_end(tail) > 0
         if error is None and not done:
             error = f"{info.name} ended the stream before [DONE]"
         if error is not None:
@@ -546,6 +533,29 @@ class Proxy:
         x.watch.close()  # the last send completes the response
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _served(self, x: Exchange, resp: Response, last: bytes) -> None:
+        """The upstream sent ``[DONE]``: the attempt succeeded; ``last`` (ending with that event) ends
+        the client's response. Then whatever the upstream still sends (normally only the end of its
+        chunked body) is read and dropped, briefly, so its connection can be reused."""
+        x.attempt.ok = True
+        x.stats.breaker.success()
+        record = x.record
+        if record.ttfb_s is None:
+            record.ttfb_s = time.time() - record.started_at
+        x.watch.close()  # from here on a hang-up is the end of a complete answer, not a reason to cancel
+        try:
+            await x.send({"type": "http.response.body", "body": last, "more_body": False})
+        except OSError:  # gone just before the last bytes: the upstream did its part all the same
+            record.client_disconnected = True
+        loop = self.loop
+        assert loop is not None
+        resp.set_deadline(loop.time() + DRAIN_AFTER_DONE_S)
+        try:
+            while await resp.readany():
+                pass
+        except (TimeoutError, UpstreamError):
+            resp.close()
 
 
 def _fail(
@@ -562,36 +572,6 @@ def _fail(
     stats.failures += 1
     stats.breaker.failure(message, retry_after)
     return Failure(upstream_failed(status, message, code), retriable, retry_after)
-
-
-def _last_event_end(data: bytes) -> int:
-    """Index just past the last complete SSE event in ``data`` (0 when there is none)."""
-    a = data.rfind(b"\n\n")
-    b = data.rfind(b"\r\n\r\n")
-    return max(a + 2 if a >= 0 else 0, b + 4 if b >= 0 else 0)
-
-
-def _take_usage(out: bytes, record: RequestRecord, strip: bool) -> bytes:
-    """Read token usage from the stream's usage event; drop that event when the client did not ask."""
-    kept = []
-    for event in out.split(b"\n\n"):
-        if event.startswith(b"data: {") and (b'"usage":{' in event or b'"usage": {' in event):
-            try:
-                obj = orjson.loads(event[6:])
-            except orjson.JSONDecodeError:
-                kept.append(event)
-                continue
-            usage = obj.get("usage") if isinstance(obj, dict) else None
-            if isinstance(usage, dict):
-                record.prompt_tokens = usage.get("prompt_tokens")
-                record.completion_tokens = usage.get("completion_tokens")
-                if strip and not obj.get("choices"):
-                    continue
-                if strip:  # usage riding on a content chunk: keep the chunk, hide the usage
-                    obj["usage"] = None
-                    event = b"data: " + orjson.dumps(obj)
-        kept.append(event)
-    return b"\n\n".join(kept)
 
 
 def _skim(data: bytes) -> dict[str, Any] | None:

@@ -20,6 +20,13 @@ from aib.providers import kind_for
 
 USER_AGENT = f"ai-backend-unified/{__version__}"
 PROBE_CONNECTIONS = 2  # probes and discovery of one provider, one after the other
+# How long an idle keep-alive connection may be reused. uvicorn (llama-cpp-python, vLLM, LiteLLM)
+# closes one after 5 s idle; a request written just as it does meets a reset, not an answer. With
+# probes every 5 s that happened to about one probe in thirty on `make demo` (the provider flapped
+# down and up), and to requests after a 5 s pause (a failed attempt, a fallback). So requests reuse a
+# connection idle up to 4 s, and probes only within the same check (the probe, then discovery).
+REUSE_IDLE_S = 4.0
+PROBE_REUSE_IDLE_S = 1.0
 
 
 class UpstreamPool:
@@ -47,7 +54,7 @@ class UpstreamPool:
         if entry is not None:
             self._retire_pool(entry[3])
             self._heads = {k: v for k, v in self._heads.items() if k[0] != info.name}
-        pool = Pool(info.api_base, limit=info.max_connections, egress=key[2])
+        pool = Pool(info.api_base, limit=info.max_connections, idle_timeout_s=REUSE_IDLE_S, egress=key[2])
         self._pools[info.name] = (info, key, key[2], pool)
         return pool
 
@@ -77,7 +84,7 @@ class UpstreamPool:
         if entry is None or entry[0] != origin or entry[1] != egress:
             if entry is not None:  # same name, new address or way there
                 entry[2].close()
-            pool = Pool(origin, limit=PROBE_CONNECTIONS, egress=egress)
+            pool = Pool(origin, limit=PROBE_CONNECTIONS, idle_timeout_s=PROBE_REUSE_IDLE_S, egress=egress)
             entry = self._probes[info.name] = (origin, egress, pool)
         return entry[2], (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 

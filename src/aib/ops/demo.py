@@ -45,9 +45,10 @@ def default_demo_dir() -> Path:
 
 
 def webui_available() -> bool:
-    """True once the web UI is installed: the ``aib.webui`` package and the `aib ui` command."""
+    """True once the web UI can start at once: the ``aib.webui`` package, the `aib ui` command and the
+    ui extra's libraries (`make demo` installs them; `aib ui` alone would install them first)."""
     try:
-        if importlib.util.find_spec("aib.webui") is None:
+        if any(importlib.util.find_spec(m) is None for m in ("aib.webui", "gradio", "matplotlib", "openai")):
             return False
     except (ImportError, ValueError):  # pragma: no cover - a broken install
         return False
@@ -63,6 +64,7 @@ class DemoOptions:
     ui: bool = True
     check: bool = False  # start, send one chat, stop
     demo_dir: Path = field(default_factory=default_demo_dir)
+    config_dir: Path | None = None  # where the demo writes its config (default: <demo_dir>/config)
     model: Path | None = None  # default: SmolLM2 from the model cache (downloaded on first use)
     # how to start the UI, {port} filled in; default `aib ui --port {port}` once the UI is installed
     ui_command: tuple[str, ...] | None = None
@@ -89,7 +91,7 @@ class DemoStack:
         self.opts = opts
         self.out = out
         self.dir = opts.demo_dir.expanduser().resolve()
-        self.config_dir = self.dir / "config"
+        self.config_dir = (opts.config_dir or self.dir / "config").expanduser().resolve()
         self.logs = self.dir / "logs"
         self.record = PidRecord(self.dir / "demo.pids")
         self.servers: list[LlamaCppServer] = []
@@ -130,6 +132,11 @@ class DemoStack:
             raise DemoError(
                 f"cannot create the demo folder {self.dir}: {exc}; pick another with --dir"
             ) from None
+        theirs = democonfig.not_ours(self.config_dir)
+        if theirs:  # never overwrite a real configuration
+            raise DemoError(
+                f"{theirs} was not written by aib demo: give --config-dir an empty folder (or one the demo wrote)"
+            )
         owner = self.record.running_owner()
         if owner is not None:
             raise DemoError(f"another `aib demo` (pid {owner}) uses {self.dir}; stop it first (Ctrl-C there)")
@@ -215,7 +222,7 @@ class DemoStack:
         command = self.opts.ui_command
         if command is None:
             if not webui_available():
-                self.out("  web UI     skipped: the web UI (aib ui) is not installed in this version")
+                self.out("  web UI     skipped: its libraries are not installed (`make demo` installs them)")
                 return
             command = (*aib_command(), "ui", "--port", "{port}")
         holder = port_holder(self.opts.ui_port)

@@ -70,6 +70,23 @@ models:
 """
 
 
+MARK = "# Written by `aib demo`"
+
+
+def not_ours(config_dir: Path) -> Path | None:
+    """A config file in ``config_dir`` that the demo did not write (it would be overwritten), or None."""
+    for name in (PROVIDERS_FILE, MAPPINGS_FILE):
+        path = config_dir / name
+        try:
+            with path.open() as f:
+                first = f.readline()
+        except FileNotFoundError:
+            continue
+        if not first.startswith(MARK):
+            return path
+    return None
+
+
 def write(config_dir: Path, ports: tuple[int, int]) -> Path:
     """Write both files for servers A and B on ``ports``; return the folder."""
     config_dir.mkdir(parents=True, exist_ok=True)

@@ -239,7 +239,8 @@ def check_gateway(url: str, plan: RoutingPlan | None, timeout: float = 3.0) -> C
         for n, p in providers.items()
         if p.get("status") not in ("healthy", "disabled")
     ]
-    up = sum(1 for p in providers.values() if p.get("status") == "healthy")
+    # degraded: answers its probes, a breaker shuts it out for now (it still takes trial requests)
+    up = sum(1 for p in providers.values() if p.get("status") in ("healthy", "degraded"))
     total = sum(1 for p in providers.values() if p.get("status") != "disabled")
     msg = (
         f"{base}: {body.get('status')}, {up}/{total} providers up, config version {body.get('plan_version')}"

@@ -2,6 +2,10 @@
 
 closed -> (N consecutive failures) -> open -> (cool-down, or the upstream's Retry-After) ->
 half_open: one trial request; success closes it, failure opens it again.
+
+An active health probe that finds the upstream up ends the cool-down early (:meth:`probe_ok`): a
+server restarted after a crash takes a trial request within one probe interval instead of waiting
+out the cool-down, unless the upstream itself asked for the pause (Retry-After).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ BreakerState = Literal["closed", "open", "half_open"]
 
 class CircuitBreaker:
     __slots__ = (
+        "_asked",
         "_trial_in_flight",
         "consecutive_failures",
         "cooldown_s",
@@ -31,6 +36,7 @@ class CircuitBreaker:
         self.opened_until = 0.0
         self.last_error: str | None = None
         self._trial_in_flight = False
+        self._asked = False  # opened because the upstream said when to come back (Retry-After)
 
     def configure(self, threshold: int, cooldown_s: float) -> None:
         self.threshold = threshold
@@ -75,8 +81,22 @@ class CircuitBreaker:
         if retry_after_s is not None and retry_after_s > 0:
             # the upstream told us when to come back: believe it, even below the threshold
             self._open(now, max(retry_after_s, 0.0))
+            self._asked = True
         elif was_trial or self.consecutive_failures >= self.threshold:
             self._open(now, self.cooldown_s)
+            self._asked = False
+
+    def probe_ok(self, now: float | None = None) -> bool:
+        """An active probe found the upstream up: end an open breaker's cool-down now (it goes
+        half-open: one trial request decides), unless the upstream asked for the pause itself.
+        True when it did."""
+        if self.state != "open" or self._asked:
+            return False
+        now = time.monotonic() if now is None else now
+        if self.opened_until <= now:
+            return False  # already half-open
+        self.opened_until = now
+        return True
 
     def release(self) -> None:
         """The attempt ended without a verdict (the client went away): free the trial slot."""

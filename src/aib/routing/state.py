@@ -70,6 +70,15 @@ class RuntimeState:
         prefix = f"{provider}/"
         return sum(st.inflight for tid, st in self.targets.items() if tid.startswith(prefix))
 
+    def probe_ok(self, provider: str) -> list[str]:
+        """A probe found ``provider`` up: open breakers of its deployments go half-open now
+        (:meth:`CircuitBreaker.probe_ok`). The ids of those that did."""
+        prefix = f"{provider}/"
+        now = time.monotonic()
+        return [
+            tid for tid, st in self.targets.items() if tid.startswith(prefix) and st.breaker.probe_ok(now)
+        ]
+
     def configure_breakers(self, threshold: int, cooldown_s: float) -> None:
         self.breaker_threshold, self.breaker_cooldown_s = threshold, cooldown_s
         for st in self.targets.values():
