@@ -19,6 +19,7 @@ from aib.config.plan import (
     Target,
 )
 from aib.config.schema import (
+    Balance,
     LiteLLMSdkProvider,
     OpenAICompatibleProvider,
     ProviderBase,
@@ -63,6 +64,7 @@ def _provider_info(name: str, prov: ProviderBase) -> ProviderInfo:
         description=prov.description,
         hardware=prov.hardware,
         sdk=_sdk_options(name, prov),
+        signals=getattr(prov, "signals", None),  # the kinds that report load (ollama, llamacpp, vllm)
     )
 
 
@@ -71,6 +73,13 @@ def _timeouts(base: Timeouts, route: Route) -> Timeouts:
         return base
     patch = {k: v for k, v in route.timeouts.model_dump().items() if v is not None}
     return base.model_copy(update=patch)
+
+
+def _balance(base: Balance, route: Route) -> Balance:
+    if route.balance is None:
+        return base
+    patch = {k: v for k, v in route.balance.model_dump().items() if v is not None}
+    return base.model_copy(update=patch) if patch else base
 
 
 def _flatten(
@@ -142,6 +151,7 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
             aliases=tuple(a for a, t in aliases.items() if t == name),
             capabilities=tuple(caps),
             description=route.description,
+            balance=_balance(d.balance, route),
         )
 
     patterns = tuple(
@@ -180,6 +190,7 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
         default_retry_on_status=frozenset(d.retries.retry_on_status),
         default_strategy=d.strategy,
         default_fallbacks=tuple(dict.fromkeys(aliases.get(f, f) for f in m.default_fallbacks)),
+        default_balance=d.balance,
     )
 
 

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from aib.config.litellm_sdk import SdkOptions
-from aib.config.schema import CAPABILITY_PREFIX, HealthCheck, Timeouts
+from aib.config.schema import CAPABILITY_PREFIX, Balance, HealthCheck, Signals, Timeouts
 
 MatchKind = Literal["exact", "alias", "discovered", "pattern", "capability"]
 
@@ -48,6 +48,7 @@ class ProviderInfo:
     description: str | None = None
     hardware: str | None = None
     sdk: SdkOptions | None = None  # type litellm_sdk: what the LiteLLM SDK adapter needs
+    signals: Signals | None = None  # types ollama, llamacpp, vllm: how their load signals are polled
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ class Group:
     capabilities: tuple[str, ...] = ()
     origin: str = "models"  # models | discovered | pattern
     description: str | None = None
+    balance: Balance = field(default_factory=Balance)  # knobs of loaded_first and prefix_affinity
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,7 @@ class Resolution:
             "rule": self.rule,
             "route": self.group.name,
             "strategy": self.group.strategy,
+            "balance": self.group.balance.model_dump(),
             "max_attempts": self.group.max_attempts,
             "timeouts": self.group.timeouts.model_dump(),
             "candidates": [
@@ -149,6 +152,7 @@ class RoutingPlan:
     default_retry_on_status: frozenset[int]
     default_strategy: str
     default_fallbacks: tuple[str, ...] = ()  # end of discovered models' chains (compiled into patterns')
+    default_balance: Balance = field(default_factory=Balance)
     discovered: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # provider -> models
     _pattern_cache: dict[str, Resolution] = field(default_factory=dict, repr=False, compare=False)
     # resolutions of configured names and aliases (bounded by the config), filled on first use
@@ -206,6 +210,7 @@ class RoutingPlan:
                 fallbacks=p.fallbacks,
                 capabilities=prov.capabilities.get(upstream, ()),
                 origin="pattern",
+                balance=self.default_balance,
             )
             rule = f"pattern #{p.index + 1} {p.glob!r} -> {p.provider} as {upstream!r}"
             return Resolution(name, "pattern", rule, group, self._fallbacks(group))
@@ -276,6 +281,7 @@ class RoutingPlan:
                     fallbacks=self.default_fallbacks,
                     origin="discovered",
                     capabilities=prov.capabilities.get(m, ("chat",)),
+                    balance=self.default_balance,
                 )
         return replace(
             self,

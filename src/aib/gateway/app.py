@@ -24,11 +24,14 @@ from aib.config.load import LoadedConfig
 from aib.config.plan import RoutingPlan
 from aib.doors.base import Door
 from aib.gateway.errors import GatewayError, envelope, model_not_found
+from aib.gateway.explain import explain_live
 from aib.gateway.health import HealthMonitor
 from aib.gateway.proxy import ClientGone, Proxy, parse_request
 from aib.gateway.settings import GatewaySettings
+from aib.gateway.signals import SignalMonitor
 from aib.gateway.upstream import UpstreamPool
 from aib.observe.records import Observer, RequestRecord
+from aib.routing.affinity import MAX_SESSION_CHARS, AffinityKey
 from aib.routing.state import RuntimeState
 
 log = logging.getLogger("aib.gateway")
@@ -66,6 +69,7 @@ class Gateway:
         self.on_reload: list[Callable[[str], None]] = []  # told "success" or "failure" after each reload
         self.keep_bodies = False  # put the request body on the record (request-log body logging)
         self.health: HealthMonitor | None = None
+        self.signals: SignalMonitor | None = None  # backend signals, polled with the health checks
         self.worker: dict[str, int] | None = None  # {"index", "count", "pid"} under `aib serve --workers N`
         self.inflight = 0
         self.ready = False
@@ -115,6 +119,8 @@ class Gateway:
         self.pool.forget_headers()
         if self.health is not None:
             self.health.sync()
+        if self.signals is not None:
+            self.signals.sync()
 
     def _discovered(self, discovered: dict[str, tuple[str, ...]]) -> None:
         self.plan = self.base_plan.with_discovered(discovered)
@@ -152,6 +158,8 @@ class Gateway:
             self.health = HealthMonitor(lambda: self.base_plan, self._discovered, self.state, self.pool)
             self.health.sync()
             asyncio.get_running_loop().create_task(self._first_probe())
+            self.signals = SignalMonitor(lambda: self.base_plan, self.state, self.pool)
+            self.signals.sync()
         for hook in self.on_startup:
             result = hook()
             if asyncio.iscoroutine(result):
@@ -181,6 +189,8 @@ class Gateway:
             await asyncio.sleep(0.05)
         if self.health is not None:
             await self.health.close()
+        if self.signals is not None:
+            await self.signals.close()
         await self.pool.close()
         for hook in self.on_shutdown:
             try:
@@ -242,12 +252,14 @@ class Gateway:
         exchange = door.open(scope, send) if door is not None else None
         if exchange is not None:  # every answer, errors included, in the door's own shape
             send = exchange.send
-        rid = declared = None
-        for k, v in scope["headers"]:  # one pass for both headers the gateway reads
+        rid = declared = session = None
+        for k, v in scope["headers"]:  # one pass for the headers the gateway reads
             if k == b"x-request-id":
                 rid = v.decode("latin-1")
             elif k == b"content-length":
                 declared = v
+            elif k == b"x-session-id":  # prefix_affinity's key, when the client gives one
+                session = v[:MAX_SESSION_CHARS].decode("latin-1")
         if not rid or len(rid) > 128 or not rid.isascii() or not rid.isprintable():
             # unique and cheaper than uuid4; 32 hex digits because llama-cpp-python answers 400 to an
             # x-request-id that does not parse as a UUID
@@ -265,7 +277,7 @@ class Gateway:
                 payload, record.model, record.stream = exchange.decode(body)
             ext = scope.get("extensions")
             notify = ext.get("aib.on_disconnect") if ext else None
-            await self.proxy.handle(plan, endpoint, payload, record, receive, send, notify)
+            await self.proxy.handle(plan, endpoint, payload, record, receive, send, notify, session)
         except GatewayError as err:
             record.status, record.error, record.error_code = err.status, err.message, err.code
             await send_error(send, err, rid)
@@ -343,6 +355,9 @@ class Gateway:
         else:
             report = self.health.report(plan)
             status = 200 if report["healthy_providers"] > 0 else 503
+            if self.signals is not None:  # what each server says about its load, with its age
+                for name, sig in self.signals.report(plan).items():
+                    report["providers"][name]["signals"] = sig
         report["inflight"] = self.inflight
         report["uptime_s"] = round(time.time() - self.state.started_at, 1)
         if self.worker is not None:  # health, breakers and in-flight are this worker's own
@@ -377,11 +392,17 @@ class Gateway:
                 ),
             )
             return
-        res = self.plan.resolve(model)
+        plan = self.plan
+        res = plan.resolve(model)
         if res is None:
-            await send_error(send, model_not_found(model, self.plan.suggestions(model)))
+            await send_error(send, model_not_found(model, plan.suggestions(model)))
             return
-        await send_json(send, 200, orjson.dumps(res.explain()))
+        body = res.explain()
+        # the live ranking: health, breakers, discovery, backend signals, load, affinity
+        session = (qs.get("session") or [""])[0][:MAX_SESSION_CHARS] or None
+        key = AffinityKey("chat/completions", {}, session) if session else None
+        body["live"] = explain_live(plan, res, self.state, key)
+        await send_json(send, 200, orjson.dumps(body))
 
     async def check_admin(self, scope: Scope, send: Send) -> bool:
         key = self.settings.admin_key
