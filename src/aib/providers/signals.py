@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from aib.routing.signals import Reading
+from aib.routing.signals import Reading, with_tag
 
 # answers that mean "this server has no such endpoint" (as opposed to "it failed just now")
 UNSUPPORTED_STATUSES = frozenset({404, 405, 501})
@@ -72,7 +72,9 @@ class OllamaSignals(SignalSource):
         names: set[str] = set()
         for m in models:
             if isinstance(m, dict):
-                names.update(str(m[k]) for k in ("name", "model") if isinstance(m.get(k), str))
+                for k in ("name", "model"):
+                    if isinstance(m.get(k), str):
+                        names.update((m[k], with_tag(m[k])))  # "gemma3" is "gemma3:latest"
         return Reading(path, loaded=frozenset(names))
 
 

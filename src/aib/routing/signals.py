@@ -99,7 +99,7 @@ class ProviderSignals:
         r = self.reading
         if r is None or r.loaded is None or self.weight(now) <= 0.0:
             return None
-        return model in r.loaded or _with_tag(model) in r.loaded
+        return model in r.loaded or with_tag(model) in r.loaded
 
     def report(self, now: float) -> dict[str, object]:
         """What ``/health`` shows for this provider's signals."""
@@ -129,6 +129,6 @@ class ProviderSignals:
         return out
 
 
-def _with_tag(model: str) -> str:
+def with_tag(model: str) -> str:
     """Ollama's default tag: ``llama3.2`` is ``llama3.2:latest``."""
     return model if ":" in model.rsplit("/", 1)[-1] else model + ":latest"
