@@ -195,7 +195,7 @@ def test_a_server_without_signals_is_ranked_by_the_gateways_own_count(gw: Runnin
     wait_until(lambda: idle(gw, "n1"), 30, what="n1 idle again")  # it dropped the other client's requests
     live = httpx.get(gw.base_url + "/admin/route", params={"model": "mixed"}, timeout=TIMEOUT).json()["live"]
     by_id = {d["id"]: d for d in live["routes"][0]["deployments"]}
-    assert by_id["py/smollm2"]["from"].startswith("gateway in-flight")
+    assert by_id["py/smollm2"]["from"].startswith("gateway count")
     assert by_id["py/smollm2"]["signals"]["state"] == "unsupported"
     served = {
         chat(gw, "mixed", [{"role": "user", "content": "Hi"}]).headers["x-aib-provider"] for _ in range(4)

@@ -60,7 +60,7 @@ def test_without_signals_the_load_is_our_in_flight_count() -> None:
     assert load(state, A, now) == 0.0
     state.stats(A.id).inflight = 3
     assert load(state, A, now) == 3.0
-    assert explain_load(state, A, now)["from"].startswith("gateway in-flight")
+    assert explain_load(state, A, now)["from"].startswith("gateway count")
 
 
 def test_others_load_counts_and_ours_is_not_counted_twice() -> None:

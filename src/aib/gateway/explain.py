@@ -17,6 +17,7 @@ from aib.routing import affinity, balance
 from aib.routing.affinity import AffinityKey
 from aib.routing.load import explain_load
 from aib.routing.loadaware import tier
+from aib.routing.signals import with_tag
 from aib.routing.state import RuntimeState
 
 TIERS = {0: "model loaded", 1: "unknown whether loaded", 2: "model not loaded"}
@@ -81,7 +82,9 @@ def _deployment(plan: RoutingPlan, state: RuntimeState, t: Target, now: float) -
         if h.healthy
         else f"down: {h.last_error}",
         "breaker": st.breaker.snapshot() if st is not None else {"state": "closed"},
-        "discovered": None if h is None or not h.models else t.upstream in h.models,
+        "discovered": None
+        if h is None or not h.models
+        else t.upstream in h.models or with_tag(t.upstream) in h.models,
         "signals": sig.report(now) if sig is not None else None,
         **explain_load(state, t, now),
         "tier": TIERS[tier(state, t, now)],

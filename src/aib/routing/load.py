@@ -41,7 +41,7 @@ def explain_load(state: RuntimeState, t: Target, now: float) -> dict[str, object
     }
     sig = state.signals.get(t.provider)
     if sig is None or sig.reading is None or sig.reading.queue is None:
-        out["from"] = "gateway in-flight (the server reports no load)"
+        out["from"] = "gateway count (server reports no load)"
         return out
     w = sig.weight(now)
     out.update(
@@ -57,7 +57,7 @@ def explain_load(state: RuntimeState, t: Target, now: float) -> dict[str, object
             if w >= 1.0
             else "fading server signals"
             if w > 0
-            else "gateway in-flight (the server's reading is stale)",
+            else "gateway count (stale reading)",
         }
     )
     return out
