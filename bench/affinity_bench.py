@@ -5,19 +5,19 @@ Two llama.cpp ``llama-server`` processes with SmolLM2 (``make llama-server``; 2 
 route per strategy over the same two deployments. Two scenarios, in one run:
 
 * **conversations**: N conversations of M turns, all at once (each conversation's turns one after the
-  other), sharing one long system prompt; each conversation starts with its own ~200-token document.
+  other), sharing one long system prompt; each conversation starts with its own ~130-token document.
   A turn is a streamed chat request; TTFT is the time to the first SSE event. A fresh nonce per run
   keeps one strategy's cache from helping the next. Turns >= 2 are where prefix affinity matters: the
   server that answered turn 1 has the conversation's prefix in its KV cache (``timings.cache_n``).
-* **slow server**: another client keeps server 2 busy (two loops of long generations straight to it:
-  both slots taken, the gateway's requests wait for one); R short streamed requests, C at a time. Only
+* **slow server**: another client keeps server 2 busy (four loops of long generations straight to it:
+  two run, two wait for a slot); R short streamed requests, C at a time. Only
   the server's own ``/metrics`` shows that load; least_outstanding counts only the gateway's requests.
 
 Strategies run interleaved (round 1 in one order, round 2 reversed) so the machine's other load hits
 them alike; ratios within a run are what count. Writes ``bench/results/affinity_bench.{json,md}``.
 
-    .venv/bin/python bench/affinity_bench.py            # N=8 M=4, 2 rounds, R=24 C=4: ~10-15 min
-    .venv/bin/python bench/affinity_bench.py --quick    # N=4 M=3, 1 round, R=12: ~4 min
+    .venv/bin/python bench/affinity_bench.py            # N=6 M=3, 2 rounds, R=12 C=4: ~10 min
+    .venv/bin/python bench/affinity_bench.py --quick    # N=4 M=3, 1 round, R=8: ~4 min
 
 Everything binds to 127.0.0.1; every process started here is stopped by PID; load is bounded.
 """
@@ -77,13 +77,13 @@ WORDS = [
 SYSTEM = " ".join(
     f"Rule {i}: you are the reading-room assistant of a city library; answer in one short sentence, "
     "quote the document when you can, never invent facts, and be polite to every reader."
-    for i in range(9)
+    for i in range(5)
 )
 
 
 def document(seed: int) -> str:
     rng = random.Random(seed)
-    return " ".join(rng.choice(WORDS) for _ in range(150))
+    return " ".join(rng.choice(WORDS) for _ in range(100))
 
 
 # --------------------------------------------------------------------------- servers and gateway
@@ -220,7 +220,7 @@ async def conversations(url: str, strategy: str, n: int, m: int, max_tokens: int
 class OtherClient:
     """Keeps ``server`` busy with ``loops`` back-to-back long generations sent straight to it."""
 
-    def __init__(self, server: LlamaServer, loops: int = 2, max_tokens: int = 96) -> None:
+    def __init__(self, server: LlamaServer, loops: int = 4, max_tokens: int = 96) -> None:
         self.server, self.loops, self.max_tokens = server, loops, max_tokens
         self.stop = threading.Event()
         self.done = 0
@@ -332,16 +332,16 @@ def tables(
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--conversations", "-n", type=int, default=8)
-    ap.add_argument("--turns", "-m", type=int, default=4)
-    ap.add_argument("--max-tokens", type=int, default=24, help="answer length of each turn")
+    ap.add_argument("--conversations", "-n", type=int, default=6)
+    ap.add_argument("--turns", "-m", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=16, help="answer length of each turn")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--requests", type=int, default=24, help="slow-server scenario: requests per strategy")
+    ap.add_argument("--requests", type=int, default=12, help="slow-server scenario: requests per strategy")
     ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--quick", action="store_true", help="N=4 M=3, 1 round, 12 requests")
+    ap.add_argument("--quick", action="store_true", help="N=4 M=3, 1 round, 8 requests")
     args = ap.parse_args()
     if args.quick:
-        args.conversations, args.turns, args.rounds, args.requests = 4, 3, 1, 12
+        args.conversations, args.turns, args.rounds, args.requests = 4, 3, 1, 8
     model, binary = ensure_model(), build()
     RESULTS.mkdir(exist_ok=True)
     info = machine_info(["llama-cpp-python"])
