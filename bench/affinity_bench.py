@@ -139,7 +139,14 @@ def start_gateway(folder: Path, logdir: Path) -> tuple[Proc, str]:
 async def turn(
     client: httpx.AsyncClient, url: str, model: str, messages: list[dict[str, str]], max_tokens: int
 ) -> dict[str, Any]:
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    body = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},  # llama-server's timings (cache_n) ride on that chunk
+    }
     t0 = time.perf_counter()
     ttft = None
     text: list[str] = []
