@@ -35,9 +35,8 @@ from gateway_harness import (
 pytestmark = pytest.mark.integration
 
 TIMEOUT = httpx.Timeout(60.0)
-FAST = (
-    "{interval_s: 1.5, timeout_s: 0.5, stale_after_s: 6}"  # llama-server: not faster (aib validate says why)
-)
+# llama-server: not faster (aib validate says why); a generous time limit for a busy, shared machine
+FAST = "{interval_s: 1.5, timeout_s: 1, stale_after_s: 10}"
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +141,7 @@ def test_health_shows_each_servers_signals_with_their_age(gw: RunningGateway) ->
     wait_until(lambda: signals(gw, "n1").get("state") == "fresh", 10, what="a fresh reading of n1")
     s = signals(gw, "n1")
     assert s["source"] == "/metrics" and s["running"] == 0 and s["waiting"] == 0
-    assert 0 <= s["age_s"] < 2.0 and s["weight"] == 1.0 and s["polls"] >= 1
+    assert 0 <= s["age_s"] <= 2.5 and s["weight"] == 1.0 and s["polls"] >= 1
     wait_until(lambda: signals(gw, "py").get("state") == "unsupported", 10, what="py unsupported")
     assert "GET /metrics answered 404" in signals(gw, "py")["unsupported"]  # llama-cpp-python has none
     gone = signals(gw, "gone")  # never answered: no reading, the error of the last poll
