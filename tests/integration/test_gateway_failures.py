@@ -197,7 +197,8 @@ def test_breaker_opens_after_consecutive_failures_and_recovers(
     chain: Callable[..., RunningGateway], trio: tuple[ScriptedUpstream, ...]
 ) -> None:
     alpha = trio[0]
-    gw = chain(health=True, threshold=2, cooldown_s=0.5)
+    # the three requests below must fit in the cool-down: 0.5 s was too short on a busy machine
+    gw = chain(health=True, threshold=2, cooldown_s=2.0)
     alpha.enqueue(Reply.error(500), Reply.error(500))
     assert_served(post_chat(gw), "beta", 1)
     assert (
@@ -210,7 +211,7 @@ def test_breaker_opens_after_consecutive_failures_and_recovers(
     for _ in range(3):
         assert_served(post_chat(gw), "beta", 0)
     assert len(alpha.requests) == 2
-    wait_until(lambda: breaker_state(gw, "alpha")["state"] == "half_open", 3, 0.05, "alpha half-open")
+    wait_until(lambda: breaker_state(gw, "alpha")["state"] == "half_open", 5, 0.05, "alpha half-open")
     assert_served(post_chat(gw), "alpha", 0)
     assert breaker_state(gw, "alpha") == {
         "state": "closed",
