@@ -16,7 +16,7 @@ route per strategy over the same two deployments. Two scenarios, in one run:
 Strategies run interleaved (round 1 in one order, round 2 reversed) so the machine's other load hits
 them alike; ratios within a run are what count. Writes ``bench/results/affinity_bench.{json,md}``.
 
-    .venv/bin/python bench/affinity_bench.py            # N=6 M=3, 2 rounds, R=12 C=4: ~10 min
+    .venv/bin/python bench/affinity_bench.py            # N=6 M=3, 2 rounds, R=12 C=4: ~8 min
     .venv/bin/python bench/affinity_bench.py --quick    # N=4 M=3, 1 round, R=8: ~4 min
 
 Everything binds to 127.0.0.1; every process started here is stopped by PID; load is bounded.
