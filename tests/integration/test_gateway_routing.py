@@ -204,9 +204,10 @@ def test_admin_route_matches_explain(routed: RunningGateway, routed_client: http
     for model in ("pair", "one", "tmpl-q-v1"):
         res = routed.gateway.plan.resolve(model)
         assert res is not None
-        assert routed_client.get("/admin/route", params={"model": model}).json() == json.loads(
-            json.dumps(res.explain())
-        )
+        body = routed_client.get("/admin/route", params={"model": model}).json()
+        live = body.pop("live")  # the live ranking: tests/integration/test_explain_live.py
+        assert body == json.loads(json.dumps(res.explain()))
+        assert [r["route"] for r in live["routes"]] == [g.name for g in res.chain]
 
 
 def test_admin_route_errors(routed_client: httpx.Client) -> None:

@@ -317,6 +317,9 @@ def test_strategy_names_are_litellm_ones() -> None:
         "weighted": "simple-shuffle",
         "least_outstanding": "least-busy",
         "latency": "latency-based-routing",
+        "least_loaded": "least-busy",  # LiteLLM reads no backend signals: its own in-flight count
+        "loaded_first": "simple-shuffle",  # no equivalent: a note says so
+        "prefix_affinity": "simple-shuffle",
     }
 
 

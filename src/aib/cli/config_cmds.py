@@ -1,4 +1,5 @@
-"""`aib validate`, `aib explain`, `aib models`, `aib ports`: read the config, never call a server."""
+"""`aib validate`, `aib explain`, `aib models`, `aib ports`: read the config, never call a server
+(except `aib explain --gateway`, which asks a running gateway for its live ranking)."""
 
 from __future__ import annotations
 
@@ -80,8 +81,39 @@ def validate(config_dir: ConfigDirOpt = None, as_json: JsonOpt = False, strict: 
         raise typer.Exit(1)
 
 
-def explain(model: ModelArg, config_dir: ConfigDirOpt = None, as_json: JsonOpt = False) -> None:
-    """Show where a model name goes: the rule that matches it and every candidate, in order."""
+LiveOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gateway",
+        "-g",
+        help="Ask this running gateway instead (GET /admin/route): the live order of the deployments and why "
+        "(health, breakers, discovered models, backend signals, load, affinity). Admin key from $AIB_ADMIN_KEY.",
+        show_default=False,
+    ),
+]
+SessionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--session", help="With --gateway: where prefix_affinity sends this x-session-id.", show_default=False
+    ),
+]
+
+
+def explain(
+    model: ModelArg,
+    config_dir: ConfigDirOpt = None,
+    as_json: JsonOpt = False,
+    gateway: LiveOpt = None,
+    session: SessionOpt = None,
+) -> None:
+    """Show where a model name goes: the rule that matches it and every candidate, in order.
+
+    With --gateway, a running gateway answers, with the order it would use now and why."""
+    if gateway:
+        from aib.cli import explain_live
+
+        explain_live.show(explain_live.fetch(gateway, model, session), as_json)
+        return
     plan = _plan(config_dir, as_json)
     res = plan.resolve(model)
     if res is None:

@@ -15,7 +15,14 @@ from aib.config.errors import ConfigIssue, Severity
 from aib.config.litellm_sdk import AdapterPython, find_adapter_python
 from aib.config.load import LoadedConfig
 from aib.config.partial import LeftOut
-from aib.config.schema import CAPABILITY_PREFIX, Deployment, MappingsFile, ProviderBase, ProvidersFile
+from aib.config.schema import (
+    CAPABILITY_PREFIX,
+    Deployment,
+    LlamaCppProvider,
+    MappingsFile,
+    ProviderBase,
+    ProvidersFile,
+)
 
 
 def glob_regex(glob: str) -> re.Pattern[str]:
@@ -114,6 +121,18 @@ class _Checker:
             for i, mname in enumerate(names):
                 if mname in names[:i]:
                     self.add("p", ("providers", name, "models", i), f"model {mname!r} is listed twice")
+            self.check_signals(name, prov)
+
+    def check_signals(self, name: str, prov: LlamaCppProvider | object) -> None:
+        if isinstance(prov, LlamaCppProvider) and prov.signals.enabled and prov.signals.interval_s < 1.5:
+            sig = prov.signals
+            self.add(
+                "p",
+                ("providers", name, "signals", "interval_s"),
+                f"polling llama-server every {sig.interval_s:g}s keeps it from noticing clients that hung up "
+                "on unstreamed requests (each answer restarts its 1 s disconnect check); use 1.5 s or more",
+                "warning",
+            )
 
     def check_tls(self, name: str, prov: ProviderBase) -> None:
         ca = prov.tls.ca_file

@@ -20,6 +20,7 @@ from aib.config.plan import (
     Target,
 )
 from aib.config.schema import (
+    Balance,
     LiteLLMSdkProvider,
     OpenAICompatibleProvider,
     ProviderBase,
@@ -90,6 +91,7 @@ def _provider_info(name: str, prov: ProviderBase, config_dir: Path | None = None
         proxy=prov.proxy,
         ca_file=_config_path(prov.tls.ca_file, config_dir),
         tls_verify=prov.tls.verify,
+        signals=getattr(prov, "signals", None),  # the kinds that report load (ollama, llamacpp, vllm)
     )
 
 
@@ -106,6 +108,13 @@ def _timeouts(base: Timeouts, route: Route) -> Timeouts:
         return base
     patch = {k: v for k, v in route.timeouts.model_dump().items() if v is not None}
     return base.model_copy(update=patch)
+
+
+def _balance(base: Balance, route: Route) -> Balance:
+    if route.balance is None:
+        return base
+    patch = {k: v for k, v in route.balance.model_dump().items() if v is not None}
+    return base.model_copy(update=patch) if patch else base
 
 
 def _flatten(
@@ -177,6 +186,7 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
             aliases=tuple(a for a, t in aliases.items() if t == name),
             capabilities=tuple(caps),
             description=route.description,
+            balance=_balance(d.balance, route),
         )
 
     patterns = tuple(
@@ -216,6 +226,7 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
         default_strategy=d.strategy,
         default_fallbacks=tuple(dict.fromkeys(aliases.get(f, f) for f in m.default_fallbacks)),
         auth=m.auth,
+        default_balance=d.balance,
     )
 
 

@@ -37,13 +37,19 @@ from aib.config.plan import CompiledPattern, Group, ProviderInfo, RoutingPlan, T
 from aib.config.schema import CAPABILITY_PREFIX
 
 # our strategy -> LiteLLM routing_strategy. LiteLLM has no strict rotation: simple-shuffle picks at
-# random (uniformly without weights), which spreads load like round robin on average.
+# random (uniformly without weights), which spreads load like round robin on average. It reads no
+# backend signals and has no session affinity: least_loaded becomes its in-flight count (least-busy),
+# loaded_first and prefix_affinity a shuffle (a note in the generated file says so).
 STRATEGIES = {
     "round_robin": "simple-shuffle",
     "weighted": "simple-shuffle",
     "least_outstanding": "least-busy",
     "latency": "latency-based-routing",
+    "least_loaded": "least-busy",
+    "loaded_first": "simple-shuffle",
+    "prefix_affinity": "simple-shuffle",
 }
+NO_LITELLM_EQUIVALENT = frozenset({"loaded_first", "prefix_affinity"})
 NO_KEY = "none"  # LiteLLM's openai/ client refuses to start without some key; local servers ignore it
 SOURCES_LINE = "# sources-sha256: "
 BODY_LINE = "# body-sha256: "
@@ -211,6 +217,10 @@ class _Exporter:
                 continue  # discovered models exist only at run time
             if any(plan.providers[t.provider].enabled for t in group.targets):
                 self.exported[name] = group
+                if group.strategy in NO_LITELLM_EQUIVALENT and len(group.targets) > 1:
+                    self.notes.append(
+                        f"route {name!r}: LiteLLM has no {group.strategy}; its deployments are shuffled"
+                    )
             else:
                 self.notes.append(f"route {name!r}: every deployment is on a disabled provider; left out")
         self.default_lite = STRATEGIES[plan.default_strategy]

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from aib.config.litellm_sdk import SdkOptions
-from aib.config.schema import CAPABILITY_PREFIX, Auth, HealthCheck, Timeouts
+from aib.config.schema import CAPABILITY_PREFIX, Auth, Balance, HealthCheck, Signals, Timeouts
 
 OLLAMA_DEFAULT_TAG = ":latest"  # Ollama names an untagged model NAME:latest
 MatchKind = Literal["exact", "alias", "discovered", "pattern", "capability"]
@@ -67,6 +67,7 @@ class ProviderInfo:
     proxy: str | None = None  # None: from the environment; "direct"; or an http:// URL
     ca_file: str | None = None  # absolute path: trust only these CAs (https)
     tls_verify: bool = True
+    signals: Signals | None = None  # types ollama, llamacpp, vllm: how their load signals are polled
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ class Group:
     capabilities: tuple[str, ...] = ()
     origin: str = "models"  # models | discovered | pattern
     description: str | None = None
+    balance: Balance = field(default_factory=Balance)  # knobs of loaded_first and prefix_affinity
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,7 @@ class Resolution:
             "rule": self.rule,
             "route": self.group.name,
             "strategy": self.group.strategy,
+            "balance": self.group.balance.model_dump(),
             "max_attempts": self.group.max_attempts,
             "timeouts": self.group.timeouts.model_dump(),
             "candidates": [
@@ -169,6 +172,7 @@ class RoutingPlan:
     default_strategy: str
     default_fallbacks: tuple[str, ...] = ()  # end of discovered models' chains (compiled into patterns')
     auth: Auth = field(default_factory=Auth)
+    default_balance: Balance = field(default_factory=Balance)
     discovered: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # provider -> models
     _pattern_cache: dict[str, Resolution] = field(default_factory=dict, repr=False, compare=False)
     # resolutions of configured names and aliases (bounded by the config), filled on first use
@@ -256,6 +260,7 @@ class RoutingPlan:
                 fallbacks=p.fallbacks,
                 capabilities=prov.capabilities.get(upstream, ()),
                 origin="pattern",
+                balance=self.default_balance,
             )
             rule = f"pattern #{p.index + 1} {p.glob!r} -> {p.provider} as {upstream!r}"
             return Resolution(name, "pattern", rule, group, self._fallbacks(group))
@@ -326,6 +331,7 @@ class RoutingPlan:
                     fallbacks=self.default_fallbacks,
                     origin="discovered",
                     capabilities=prov.capabilities.get(m, ("chat",)),
+                    balance=self.default_balance,
                 )
         return replace(
             self,

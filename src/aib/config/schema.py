@@ -217,6 +217,36 @@ class ProviderBase(Strict):
         return (parts.hostname or "", port)
 
 
+class Signals(Strict):
+    """Backend signals: what the server itself says about its load, read from free endpoints (never a
+    completion). Ollama: `GET /api/ps` (models loaded in memory); llama.cpp: `GET /metrics`
+    (`llamacpp:requests_processing`, `llamacpp:requests_deferred`; llama-server started with
+    `--metrics`), else `GET /slots`; vLLM: `GET /metrics` (`vllm:num_requests_running`,
+    `vllm:num_requests_waiting`, KV-cache usage). A server that has none of them (llama-cpp-python) is
+    polled once a minute to see whether that changed; the strategies then use the gateway's own counts."""
+
+    enabled: bool = Field(True, description="Poll the server's signals at all.")
+    interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between two polls.")
+    timeout_s: float = Field(1.0, gt=0, le=60, description="Time limit of one poll.")
+    stale_after_s: float = Field(
+        10.0,
+        gt=0,
+        le=86400,
+        description="Age at which a reading counts for nothing. A reading counts fully while younger "
+        "than interval_s + timeout_s, then less and less (linearly) until this age; load-aware strategies "
+        "then use only the gateway's own in-flight count.",
+    )
+
+    @model_validator(mode="after")
+    def _stale_after_interval(self) -> Signals:
+        if self.stale_after_s <= self.interval_s + self.timeout_s:
+            raise ValueError(
+                f"stale_after_s ({self.stale_after_s:g}) must be longer than interval_s + timeout_s "
+                f"({self.interval_s + self.timeout_s:g}), or no reading would ever count fully"
+            )
+        return self
+
+
 class OllamaProvider(ProviderBase):
     """An Ollama server: requests through its native API (/api/chat, /api/generate, /api/embed, with
     options.num_ctx from the model's context_length), discovery through /api/tags."""
@@ -227,18 +257,33 @@ class OllamaProvider(ProviderBase):
         description="native: Ollama's own API, which honours num_ctx and keep_alive; openai: its "
         "OpenAI-compatible /v1, which ignores num_ctx (prompts past the server's default context are cut).",
     )
+    signals: Signals = Field(
+        default_factory=Signals,
+        description="How the gateway polls the server's own load and loaded models (see "
+        "`providers.<name>.signals`); least_loaded, loaded_first and prefix_affinity use them.",
+    )
 
 
 class LlamaCppProvider(ProviderBase):
     """A llama.cpp server (llama-server or llama-cpp-python): OpenAI-compatible."""
 
     type: Literal["llamacpp"]
+    signals: Signals = Field(
+        default_factory=Signals,
+        description="How the gateway polls the server's own load and loaded models (see "
+        "`providers.<name>.signals`); least_loaded, loaded_first and prefix_affinity use them.",
+    )
 
 
 class VllmProvider(ProviderBase):
     """A vLLM OpenAI-compatible server."""
 
     type: Literal["vllm"]
+    signals: Signals = Field(
+        default_factory=Signals,
+        description="How the gateway polls the server's own load and loaded models (see "
+        "`providers.<name>.signals`); least_loaded, loaded_first and prefix_affinity use them.",
+    )
 
 
 class OpenAIProvider(ProviderBase):
@@ -383,7 +428,17 @@ class ProvidersFile(Strict):
 
 # --------------------------------------------------------------------------- model-mappings.yaml
 
-Strategy = Literal["round_robin", "weighted", "least_outstanding", "latency"]
+Strategy = Literal[
+    "round_robin",
+    "weighted",
+    "least_outstanding",
+    "latency",
+    "least_loaded",
+    "loaded_first",
+    "prefix_affinity",
+]
+# what loaded_first (and prefix_affinity, for requests without a key) fall back on to order the rest
+TieBreak = Literal["round_robin", "weighted", "least_outstanding", "latency", "least_loaded"]
 
 
 class Timeouts(Strict):
@@ -420,8 +475,50 @@ class Breaker(Strict):
     )
 
 
+class Balance(Strict):
+    """Knobs of the strategies that use backend signals and affinity."""
+
+    affinity_epsilon: float = Field(
+        0.25,
+        gt=0,
+        le=10,
+        description="prefix_affinity: a deployment whose load is at or above (1 + affinity_epsilon) times "
+        "the mean load (counting this request) passes the request on to the next deployment on the hash "
+        "ring. Smaller keeps loads closer together; larger keeps conversations on their own server longer.",
+    )
+    tie_break: TieBreak = Field(
+        "least_loaded",
+        description="loaded_first: how deployments with the model equally loaded (or not) are ordered; "
+        "prefix_affinity: how requests that carry no key (no x-session-id, no `user`, no messages) are "
+        "balanced.",
+    )
+
+
+class BalancePatch(Strict):
+    """A route's own strategy knobs; each key left out keeps `defaults.balance`."""
+
+    affinity_epsilon: float | None = Field(
+        None, gt=0, le=10, description="This route's `defaults.balance.affinity_epsilon`."
+    )
+    tie_break: TieBreak | None = Field(None, description="This route's `defaults.balance.tie_break`.")
+
+
 class Defaults(Strict):
-    strategy: Strategy = "round_robin"
+    strategy: Strategy = Field(
+        "round_robin",
+        description="How a group's deployments are ordered for each request. round_robin: in turn; "
+        "weighted: in proportion to `weight`; least_outstanding: fewest requests in flight from this "
+        "gateway; latency: lowest time-to-first-byte average; least_loaded: fewest requests running and "
+        "waiting on the server itself (backend signals), else fewest in flight; loaded_first: servers that "
+        "have the model in memory first, then `balance.tie_break`; prefix_affinity: the same conversation "
+        "(x-session-id header, `user` field, or system prompt + first user turn) to the same deployment, "
+        "by consistent hashing with bounded load.",
+    )
+    balance: Balance = Field(
+        default_factory=Balance,
+        description="Knobs of the loaded_first and prefix_affinity strategies (a route's `balance` "
+        "overrides single values).",
+    )
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retries: Retries = Field(default_factory=Retries)
     breaker: Breaker = Field(default_factory=Breaker)
@@ -444,6 +541,9 @@ class Route(Strict):
     upstream: ModelName | None = Field(None, description="With `provider`: the provider's model name.")
     deployments: tuple[Deployment, ...] = Field((), description="Several deployments: a load-balanced group.")
     strategy: Strategy | None = Field(None, description="Load-balancing strategy; default from `defaults`.")
+    balance: BalancePatch | None = Field(
+        None, description="Knobs of loaded_first and prefix_affinity; unset ones from `defaults.balance`."
+    )
     aliases: tuple[ModelName, ...] = Field((), description="Other names that resolve to this route.")
     fallbacks: tuple[ModelName, ...] = Field((), description="Routes tried, in order, when this one fails.")
     timeouts: TimeoutsPatch | None = None

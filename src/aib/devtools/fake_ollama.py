@@ -30,8 +30,10 @@ Text generation is fake and deterministic: the reply is :attr:`FakeOllama.reply`
 Test controls (not part of Ollama): :meth:`FakeOllama.pull` / :meth:`FakeOllama.remove` from Python,
 ``POST /_fake/pull {"name": ...}`` and ``POST /_fake/remove {"name": ...}`` over HTTP (Ollama's own
 ``POST /api/pull`` also works and makes any name appear), :meth:`FakeOllama.fail_next` to make the next
-inference requests fail with an Ollama-shaped error, ``delay``/``token_delay`` for latency, and
-:attr:`FakeOllama.requests` recording ``(method, path)`` of every request.
+inference requests fail with an Ollama-shaped error, ``delay``/``token_delay`` for latency,
+``load_delay`` for the time Ollama takes to load a model that is not in memory (a request for it waits that
+long first; ``GET /api/ps`` lists it from then on, until :meth:`FakeOllama.unload` or its keep-alive of
+5 minutes ends), and :attr:`FakeOllama.requests` recording ``(method, path)`` of every request.
 
 Run it in-process with ``await fake.start()`` / ``await fake.stop()`` or ``with fake.serve_in_thread():``,
 or as a process: ``python -m aib.devtools.fake_ollama --port P``.
@@ -237,6 +239,7 @@ class FakeOllama(NativeInference):
         reply: str | Callable[[str, list[dict[str, Any]]], str] | None = None,
         delay: float = 0.0,
         token_delay: float = 0.0,
+        load_delay: float = 0.0,
     ) -> None:
         self._lock = threading.Lock()
         self._models: dict[str, FakeModel] = {}
@@ -247,6 +250,8 @@ class FakeOllama(NativeInference):
         self.reply = reply
         self.delay = delay
         self.token_delay = token_delay
+        self.load_delay = load_delay
+        self.loads = 0  # models loaded into memory (requests that waited for a load)
         self.requests: list[tuple[str, str]] = []
         self._failures: list[tuple[int, str]] = []
         self._init_native()
@@ -298,6 +303,26 @@ class FakeOllama(NativeInference):
     def _mark_loaded(self, m: FakeModel) -> None:
         with self._lock:
             self._loaded[m.name.lower()] = _now() + KEEP_ALIVE
+
+    def is_loaded(self, name: str) -> bool:
+        """Is the model in memory (listed by ``GET /api/ps``)?"""
+        with self._lock:
+            expires = self._loaded.get(normalize_name(name).lower())
+        return expires is not None and expires > _now()
+
+    def unload(self, name: str) -> None:
+        """Drop a model from memory, as ``keep_alive: 0`` or ``ollama stop`` would."""
+        with self._lock:
+            self._loaded.pop(normalize_name(name).lower(), None)
+
+    async def _load(self, m: FakeModel) -> None:
+        """A model that is not in memory is loaded first (``load_delay``), then kept for 5 minutes."""
+        if not self.is_loaded(m.name):
+            if self.load_delay:
+                await asyncio.sleep(self.load_delay)
+            with self._lock:
+                self.loads += 1
+        self._mark_loaded(m)
 
     def _take_failure(self) -> tuple[int, str] | None:
         with self._lock:
@@ -564,7 +589,6 @@ class FakeOllama(NativeInference):
             raise _OpenAIError(404, f"model '{requested}' not found")
         if capability not in m.capabilities:
             raise _OpenAIError(400, f'"{requested}" does not support {what}')
-        self._mark_loaded(m)
         return m
 
     @staticmethod
@@ -593,7 +617,7 @@ class FakeOllama(NativeInference):
             if not isinstance(messages, list) or not messages:
                 raise _OpenAIError(400, "[] is too short - 'messages'")
             requested = str(body.get("model") or "")
-            self._find_for_inference(requested, "completion", "chat")
+            await self._load(self._find_for_inference(requested, "completion", "chat"))
             await self._before_inference()
         except _OpenAIError as exc:
             return openai_error(exc.status, exc.message)
@@ -660,7 +684,7 @@ class FakeOllama(NativeInference):
                     "json: cannot unmarshal array into Go struct field CompletionRequest.prompt of type string",
                 )
             requested = str(body.get("model") or "")
-            self._find_for_inference(requested, "completion", "generate")
+            await self._load(self._find_for_inference(requested, "completion", "generate"))
             await self._before_inference()
         except _OpenAIError as exc:
             return openai_error(exc.status, exc.message)
@@ -730,7 +754,7 @@ class FakeOllama(NativeInference):
             m = self._get(requested)
             if m is None:
                 raise _OpenAIError(404, f'model "{requested}" not found, try pulling it first')
-            self._mark_loaded(m)
+            await self._load(m)
             await self._before_inference()
         except _OpenAIError as exc:
             return openai_error(exc.status, exc.message)

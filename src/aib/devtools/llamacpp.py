@@ -80,6 +80,8 @@ class LlamaCppServer:
     ``root_url`` the same without ``/v1``.
     """
 
+    label = "llama_cpp.server"  # in error messages
+
     def __init__(
         self,
         model: Path | str,
@@ -140,6 +142,10 @@ class LlamaCppServer:
         ]  # fmt: skip
         return cmd + self.extra_args
 
+    def environment(self) -> dict[str, str] | None:
+        """The child's environment (None: this process's)."""
+        return None
+
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -162,6 +168,7 @@ class LlamaCppServer:
             log.flush()
             self._proc = subprocess.Popen(
                 self.command(),
+                env=self.environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -199,7 +206,7 @@ class LlamaCppServer:
             if code is not None:
                 self._reap()
                 raise LlamaCppError(
-                    f"llama_cpp.server exited with code {code} during startup (log {self.log_path}):\n"
+                    f"{self.label} exited with code {code} during startup (log {self.log_path}):\n"
                     + self.log_tail()
                 )
             if self._models_status() == 200:
@@ -208,7 +215,7 @@ class LlamaCppServer:
             if time.monotonic() >= deadline:
                 self.stop()
                 raise LlamaCppError(
-                    f"llama_cpp.server on port {self.port} not ready within "
+                    f"{self.label} on port {self.port} not ready within "
                     f"{self.startup_timeout if timeout is None else timeout:.1f}s (log {self.log_path}):\n"
                     + self.log_tail()
                 )

@@ -27,17 +27,20 @@ from aib.config.plan import RoutingPlan
 from aib.doors.base import Door
 from aib.doors.install import install_doors
 from aib.gateway.errors import GatewayError, envelope, model_not_found
+from aib.gateway.explain import explain_live
 from aib.gateway.guard import admin_verdict, exposure_problem
 from aib.gateway.health import HealthMonitor
 from aib.gateway.key_admin import install_key_admin
 from aib.gateway.proxy import ClientGone, Proxy, check_model_length, parse_request
 from aib.gateway.respond import JSON, Receive, Scope, Send, read_body, send_error, send_json
 from aib.gateway.settings import GatewaySettings
+from aib.gateway.signals import SignalMonitor
 from aib.gateway.upstream import UpstreamPool
 from aib.limits import LIMIT_CODES
 from aib.limits.limiter import LimitExceeded, Ticket
 from aib.limits.slots import Slots
 from aib.observe.records import Observer, RequestRecord
+from aib.routing.affinity import MAX_SESSION_CHARS, AffinityKey
 from aib.routing.state import RuntimeState
 from aib.secrets import Scrubber, env_values, proxy_secrets
 
@@ -82,6 +85,7 @@ class Gateway:
         self.on_reload: list[Callable[[str], None]] = []  # told "success" or "failure" after each reload
         self.keep_bodies = False  # put the request body on the record (request-log body logging)
         self.health: HealthMonitor | None = None
+        self.signals: SignalMonitor | None = None  # backend signals, polled with the health checks
         self.worker: dict[str, int] | None = None  # {"index", "count", "pid"} under `aib serve --workers N`
         self.inflight = 0
         self.ready = False
@@ -148,6 +152,8 @@ class Gateway:
         self.refresh_secrets()
         if self.health is not None:
             self.health.sync()
+        if self.signals is not None:
+            self.signals.sync()
 
     def accept_plan(self, plan: RoutingPlan) -> None:
         """Raise ValueError when this gateway cannot serve ``plan`` safely: ``auth.mode: none`` on an
@@ -225,6 +231,8 @@ class Gateway:
             )
             self.health.sync()
             asyncio.get_running_loop().create_task(self._first_probe())
+            self.signals = SignalMonitor(lambda: self.base_plan, self.state, self.pool)
+            self.signals.sync()
         for hook in self.on_startup:
             result = hook()
             if asyncio.iscoroutine(result):
@@ -255,6 +263,8 @@ class Gateway:
         if self.health is not None:
             await self.health.close()
         await self.gate.close()
+        if self.signals is not None:
+            await self.signals.close()
         await self.pool.close()
         for hook in self.on_shutdown:
             try:
@@ -331,7 +341,7 @@ class Gateway:
         exchange = door.open(scope, send) if door is not None else None
         if exchange is not None:  # every answer, errors included, in the door's own shape
             send = exchange.send
-        rid = declared = token = None
+        rid = declared = token = session = None
         for k, v in scope["headers"]:  # one pass for every header the gateway reads
             if k == b"x-request-id":
                 rid = v.decode("latin-1")
@@ -341,6 +351,8 @@ class Gateway:
                 token = bearer(v)
             elif (k == b"x-api-key" or k == b"api-key") and token is None:
                 token = v.strip()
+            elif k == b"x-session-id":  # prefix_affinity's key, when the client gives one
+                session = v[:MAX_SESSION_CHARS].decode("latin-1")
         if not rid or len(rid) > 128 or not rid.isascii() or not rid.isprintable():
             # unique and cheaper than uuid4; 32 hex digits because llama-cpp-python answers 400 to an
             # x-request-id that does not parse as a UUID
@@ -381,7 +393,7 @@ class Gateway:
                         send = _adding_headers(send, ticket.headers)
             ext = scope.get("extensions")
             notify = ext.get("aib.on_disconnect") if ext else None
-            await self.proxy.handle(plan, endpoint, payload, record, receive, send, notify)
+            await self.proxy.handle(plan, endpoint, payload, record, receive, send, notify, session)
         except GatewayError as err:
             if err.code == "model_not_found" and key is not None and key.models:
                 err = model_not_found(record.model, self._suggest(key, record.model, plan))
@@ -536,6 +548,9 @@ class Gateway:
             report = self.health.report(plan)
             # degraded providers still take requests (a trial, or every request when nothing else can)
             status = 200 if report["healthy_providers"] + report["degraded_providers"] > 0 else 503
+            if self.signals is not None:  # what each server says about its load, with its age
+                for name, sig in self.signals.report(plan).items():
+                    report["providers"][name]["signals"] = sig
         report["inflight"] = self.inflight
         report["uptime_s"] = round(time.time() - self.state.started_at, 1)
         report["auth"] = {"mode": plan.auth.mode, "keys": len(self.gate.keys) if self.gate.store else None}
@@ -574,11 +589,17 @@ class Gateway:
                 ),
             )
             return
-        res = self.plan.resolve(model)
+        plan = self.plan
+        res = plan.resolve(model)
         if res is None:
-            await send_error(send, model_not_found(model, self.plan.suggestions(model)))
+            await send_error(send, model_not_found(model, plan.suggestions(model)))
             return
-        await send_json(send, 200, orjson.dumps(res.explain()))
+        body = res.explain()
+        # the live ranking: health, breakers, discovery, backend signals, load, affinity
+        session = (qs.get("session") or [""])[0][:MAX_SESSION_CHARS] or None
+        key = AffinityKey("chat/completions", {}, session) if session else None
+        body["live"] = explain_live(plan, res, self.state, key)
+        await send_json(send, 200, orjson.dumps(body))
 
     async def send_shaped(self, scope: Scope, send: Send, err: GatewayError) -> None:
         """``err`` in the error shape of the API its path belongs to (OpenAI's unless a door said)."""

@@ -27,6 +27,7 @@ from aib.gateway.upstream import UpstreamPool
 from aib.observe.records import Attempt, RequestRecord
 from aib.providers import kind_for
 from aib.routing import balance
+from aib.routing.affinity import AffinityKey
 from aib.routing.state import RuntimeState, TargetStats
 from aib.secrets import Scrubber
 
@@ -158,11 +159,13 @@ class Proxy:
         receive: Receive,
         send: Send,
         on_disconnect: Notify | None = None,
+        session: str | None = None,
     ) -> None:
         """Serve one request, already parsed (``record.model``, ``record.stream`` set); raises
         :class:`GatewayError` only before anything was sent.
 
-        ``on_disconnect``: the server's ``aib.on_disconnect`` extension, when it offers one."""
+        ``on_disconnect``: the server's ``aib.on_disconnect`` extension, when it offers one.
+        ``session``: the ``x-session-id`` header (prefix_affinity's key when present)."""
         model, stream = record.model, record.stream
         res = plan.resolve(model)
         if res is None:
@@ -174,7 +177,8 @@ class Proxy:
             loop = self.loop = asyncio.get_running_loop()
         watch = DisconnectWatch(receive, WATCH_AFTER_S, loop, on_disconnect)
         try:
-            await self._route(plan, res, endpoint, payload, stream, record, watch, send)
+            key = AffinityKey(endpoint, payload, session)  # computed only if a route needs it
+            await self._route(plan, res, endpoint, payload, stream, record, watch, send, key)
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -194,6 +198,7 @@ class Proxy:
         record: RequestRecord,
         watch: DisconnectWatch,
         send: Send,
+        key: AffinityKey | None = None,
     ) -> None:
         loop = self.loop
         assert loop is not None
@@ -204,11 +209,11 @@ class Proxy:
         for pass_no in (0, 1, 2):
             for group in res.chain:
                 if pass_no == 0:
-                    targets = balance.order(group, self.state)
+                    targets = balance.order(group, self.state, key=key)
                 elif pass_no == 1:  # health said no, but nothing else was tried; breakers still count
                     targets = [t for t in group.targets if t.id not in tried]
                 else:  # panic: breakers shut out every deployment, yet probes say these are up
-                    targets = balance.order(group, self.state, refusals.panic_targets(group, self.state))
+                    targets = balance.order(group, self.state, refusals.panic_targets(group, self.state), key)
                 for target in targets:
                     if attempts_left <= 0 or loop.time() >= deadline:
                         break

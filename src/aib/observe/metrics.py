@@ -32,6 +32,7 @@ from prometheus_client.utils import floatToGoString
 
 from aib.limits import LIMIT_CODES
 from aib.observe.records import Attempt, RequestRecord
+from aib.observe.signal_metrics import signal_families
 from aib.observe.wire import Wire, to_wire
 
 # LLM requests last from milliseconds (embeddings, errors) to minutes (long generations)
@@ -508,6 +509,7 @@ class _LiveCollector(Collector):
             st = state.targets.get(tid)
             br.add_metric([tid], float(BREAKER_VALUES[st.breaker.current()]) if st is not None else 0.0)
         yield br
+        yield from signal_families(plan, state)  # backend signals (aib.observe.signal_metrics)
         yield InfoMetricFamily("aib_config", "The routing plan in use.", value={"version": str(plan.version)})
         if self.obs._drop_sources:
             dropped = CounterMetricFamily(

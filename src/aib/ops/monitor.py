@@ -161,6 +161,7 @@ class ProviderRow:
     attempts_rate: float | None
     failed_attempts: float  # in the window
     open_breakers: int
+    signals: str = ""  # what the server says about its load (backend signals), with the reading's age
 
 
 @dataclass
@@ -248,6 +249,29 @@ def _view_of(gateway: str, new: Scrape, old: Scrape | None, dt: float) -> View:
                 p.get("last_error") if p.get("status") != "healthy" else None,
                 rate(a_delta.get(name, 0.0)), a_failed.get(name, 0.0),
                 sum(1 for b in breakers.values() if isinstance(b, dict) and b.get("state") == "open"),
+                signal_text(p.get("signals")),
             )
         )  # fmt: skip
     return view
+
+
+def signal_text(s: Any) -> str:
+    """A provider's backend signals in a few words: queue (or loaded models) and the reading's age."""
+    if not isinstance(s, dict):
+        return ""
+    state = s.get("state")
+    if state == "unsupported":
+        return "n/a"
+    if state == "none":
+        return "no reading"
+    parts = []
+    if "running" in s:
+        parts.append(f"{s['running']:g} run / {s.get('waiting', 0):g} wait")
+    if "kv_cache" in s:
+        parts.append(f"kv {100 * s['kv_cache']:.0f}%")
+    if "loaded_models" in s:
+        parts.append(f"{len(s['loaded_models'])} loaded")
+    age = s.get("age_s")
+    if isinstance(age, (int, float)):
+        parts.append(f"{age:.1f}s old" if state == "fresh" else f"{age:.1f}s old, {state}")
+    return ", ".join(parts)

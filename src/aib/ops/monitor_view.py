@@ -101,25 +101,26 @@ def render(view: View, interval: float | None = None) -> RenderableType:
 def _table(title: str, style: str, *columns: str) -> Table:
     t = Table(title=title, title_justify="left", style=style, expand=False)
     for i, col in enumerate(columns):
-        left = i == 0 or col in ("type", "status", "last error")
+        left = i == 0 or col in ("type", "status", "last error", "load (server)")
         t.add_column(col, justify="left" if left else "right", no_wrap=col != "last error", overflow="fold")
     return t
 
 
 def _providers(view: View, style: str) -> Table:
     t = _table(
-        "Providers", style, "provider", "type", "status", "probe", "att/s", "failed", "breakers", "last error"
-    )
+        "Providers", style, "provider", "type", "status", "probe", "att/s", "failed", "breakers", "load (server)",
+        "last error",
+    )  # fmt: skip
     for p in view.providers:
         color = STATUS_STYLE.get(p.status, "")
         t.add_row(
             escape(p.name), p.type, f"[{color}]{p.status}[/{color}]" if color else p.status,
             _ms(p.probe_ms / 1000 if p.probe_ms is not None else None), _num(p.attempts_rate),
             _num(p.failed_attempts, 0), f"[red]{p.open_breakers} open[/red]" if p.open_breakers else "",
-            escape(p.last_error or ""),
+            escape(p.signals), escape(p.last_error or ""),
         )  # fmt: skip
     if not view.providers:
-        t.add_row("(none)", *[""] * 7)
+        t.add_row("(none)", *[""] * 8)
     return t
 
 

@@ -10,6 +10,7 @@ import os
 from typing import Any, ClassVar
 
 from aib.config.plan import ProviderInfo
+from aib.providers.signals import SignalSource
 
 
 class ProviderKind:
@@ -19,6 +20,8 @@ class ProviderKind:
     # stream (for token metrics) and strips that chunk when the client did not ask for it. Unknown
     # servers are not sent a field they might reject.
     stream_usage: ClassVar[bool] = False
+    # where the server reports its load (aib.providers.signals); None: it does not
+    signals: ClassVar[SignalSource | None] = None
 
     def auth_headers(self, info: ProviderInfo) -> dict[str, str]:
         key = os.environ.get(info.api_key_env) if info.api_key_env else None

@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from aib.providers.base import ProviderKind
+from aib.providers.signals import OllamaSignals, SignalSource
 
 
 class Ollama(ProviderKind):
     type: ClassVar[str] = "ollama"
     discovery_path: ClassVar[str] = "/api/tags"
     stream_usage: ClassVar[bool] = True  # /v1 supports stream_options.include_usage
+    signals: ClassVar[SignalSource | None] = OllamaSignals()  # /api/ps: the models in memory
 
     def parse_models(self, payload: Any) -> tuple[str, ...]:
         models = payload.get("models") if isinstance(payload, dict) else None

@@ -7,6 +7,7 @@ import uuid
 from typing import Any, ClassVar
 
 from aib.providers.base import ProviderKind
+from aib.providers.signals import LlamaCppSignals, SignalSource, VllmSignals
 
 _HEX = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -25,6 +26,7 @@ class Vllm(ProviderKind):
 
     type: ClassVar[str] = "vllm"
     stream_usage: ClassVar[bool] = True
+    signals: ClassVar[SignalSource | None] = VllmSignals()  # /metrics: running, waiting, KV cache
 
 
 class LlamaCpp(ProviderKind):
@@ -32,6 +34,7 @@ class LlamaCpp(ProviderKind):
 
     type: ClassVar[str] = "llamacpp"
     stream_usage: ClassVar[bool] = True  # llama-server honours it; llama-cpp-python ignores the field
+    signals: ClassVar[SignalSource | None] = LlamaCppSignals()  # /metrics, else /slots (llama-server)
 
     def upstream_request_id(self, request_id: str) -> str:
         """llama-cpp-python's server answers 400 to an ``x-request-id`` that is not a UUID; send a UUID

@@ -6,10 +6,15 @@ same group. Deployments whose provider is unhealthy or whose breaker is open are
 
 from __future__ import annotations
 
+import time
+
 from aib.config.plan import Group, Target
+from aib.routing import affinity, loadaware
+from aib.routing.affinity import AffinityKey
 from aib.routing.state import RuntimeState
 
 EXPLORE_EVERY = 20  # the latency strategy sends every Nth request round-robin to keep averages fresh
+SIGNAL_STRATEGIES = frozenset({"least_loaded", "loaded_first", "prefix_affinity"})
 
 
 def eligible(group: Group, state: RuntimeState) -> list[Target]:
@@ -25,12 +30,25 @@ def eligible(group: Group, state: RuntimeState) -> list[Target]:
     return out
 
 
-def order(group: Group, state: RuntimeState, candidates: list[Target] | None = None) -> list[Target]:
-    """The deployments of ``group`` to try, best first."""
+def order(
+    group: Group,
+    state: RuntimeState,
+    candidates: list[Target] | None = None,
+    key: AffinityKey | None = None,
+) -> list[Target]:
+    """The deployments of ``group`` to try, best first. ``key``: the request's affinity key."""
     ts = eligible(group, state) if candidates is None else candidates
     if len(ts) <= 1:
         return ts
-    strategy = group.strategy
+    return order_by(group.strategy, group, ts, state, key)
+
+
+def order_by(
+    strategy: str, group: Group, ts: list[Target], state: RuntimeState, key: AffinityKey | None = None
+) -> list[Target]:
+    """``ts`` (two or more deployments of ``group``) ordered by ``strategy``."""
+    if strategy in SIGNAL_STRATEGIES:
+        return _by_signals(strategy, group, ts, state, key)
     if strategy == "weighted":
         return _weighted(group.name, ts, state)
     rotated = _rotate(group.name, ts, state)
@@ -73,3 +91,22 @@ def _weighted(name: str, ts: list[Target], state: RuntimeState) -> list[Target]:
     current[best.id] -= total
     rest = sorted((t for t in ts if t is not best), key=lambda t: -t.weight)
     return [best, *rest]
+
+
+# --------------------------------------------------------------------------- backend signals, affinity
+
+
+def _by_signals(
+    strategy: str, group: Group, ts: list[Target], state: RuntimeState, key: AffinityKey | None
+) -> list[Target]:
+    """least_loaded, loaded_first (aib.routing.loadaware) and prefix_affinity (aib.routing.affinity)."""
+    now = time.monotonic()
+    if strategy == "least_loaded":
+        return loadaware.least_loaded(_rotate(group.name, ts, state), state, now)
+
+    def then(rest: list[Target]) -> list[Target]:
+        return order_by(group.balance.tie_break, group, rest, state) if len(rest) > 1 else rest
+
+    if strategy == "loaded_first":
+        return loadaware.loaded_first(ts, state, now, then)
+    return affinity.prefix_affinity(group, ts, state, now, key, then)

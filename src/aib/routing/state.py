@@ -9,7 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from aib.config.plan import Target
 from aib.routing.breaker import CircuitBreaker
+from aib.routing.ring import Ring
+from aib.routing.signals import ProviderSignals
 
 EWMA_ALPHA = 0.3
 
@@ -50,6 +53,10 @@ class RuntimeState:
     rr_counters: dict[str, int] = field(default_factory=dict)
     swrr: dict[str, dict[str, float]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    # backend signals (aib.routing.signals): provider -> its latest load reading
+    signals: dict[str, ProviderSignals] = field(default_factory=dict)
+    rings: dict[tuple[Target, ...], Ring] = field(default_factory=dict)  # prefix_affinity, per deployment set
+    by_provider: dict[str, list[TargetStats]] = field(default_factory=dict)  # provider -> its deployments
 
     def stats(self, target_id: str) -> TargetStats:
         st = self.targets.get(target_id)
@@ -57,7 +64,12 @@ class RuntimeState:
             st = self.targets[target_id] = TargetStats(
                 CircuitBreaker(self.breaker_threshold, self.breaker_cooldown_s)
             )
+            self.by_provider.setdefault(target_id.split("/", 1)[0], []).append(st)
         return st
+
+    def provider_inflight(self, name: str) -> int:
+        """Requests in flight to any deployment of provider ``name`` (O(its deployments))."""
+        return sum(st.inflight for st in self.by_provider.get(name, ()))
 
     def provider(self, name: str) -> ProviderHealth:
         h = self.health.get(name)
