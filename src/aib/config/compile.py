@@ -15,10 +15,12 @@ from aib.config.plan import (
     CompiledPattern,
     Group,
     ProviderInfo,
+    RouteCache,
     RoutingPlan,
     Target,
 )
 from aib.config.schema import (
+    CacheRule,
     LiteLLMSdkProvider,
     OpenAICompatibleProvider,
     ProviderBase,
@@ -70,6 +72,13 @@ def _timeouts(base: Timeouts, route: Route) -> Timeouts:
     if route.timeouts is None:
         return base
     patch = {k: v for k, v in route.timeouts.model_dump().items() if v is not None}
+    return base.model_copy(update=patch)
+
+
+def _cache(base: CacheRule, route: Route) -> CacheRule:
+    if route.cache is None:
+        return base
+    patch = {k: v for k, v in route.cache.model_dump().items() if v is not None}
     return base.model_copy(update=patch)
 
 
@@ -138,6 +147,7 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
             retry_on_status=frozenset(d.retries.retry_on_status),
             fallbacks=_flatten(name, direct, aliases, m.default_fallbacks),
             params=MappingProxyType(dict(route.params)),
+            cache=RouteCache.compile(_cache(d.cache, route), name, route.params),
             critical=route.critical,
             aliases=tuple(a for a, t in aliases.items() if t == name),
             capabilities=tuple(caps),
@@ -181,6 +191,11 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
         default_strategy=d.strategy,
         default_fallbacks=tuple(dict.fromkeys(aliases.get(f, f) for f in m.default_fallbacks)),
         auth=m.auth,
+        redis=m.redis,
+        cache_store=m.cache,
+        default_cache=d.cache,
+        # patterns and discovered models take defaults.cache
+        caches=d.cache.enabled or any(g.cache is not None for g in groups.values()),
     )
 
 

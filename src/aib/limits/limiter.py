@@ -32,26 +32,31 @@ MESSAGES = {
 
 
 class LimitExceeded(Exception):
-    """A key's limit refused the request: 429 with ``Retry-After`` and the rate headers."""
+    """A key's limit refused the request: 429 with ``Retry-After`` and the rate headers (503 when the
+    limits could not be checked: Redis down with ``on_redis_error: deny``)."""
 
-    def __init__(self, code: str, message: str, retry_after_s: float, headers: Headers) -> None:
+    def __init__(
+        self, code: str, message: str, retry_after_s: float, headers: Headers, status: int = 429
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
         self.headers = headers
+        self.status = status
 
 
 class Ticket:
     """What an admitted request holds until :meth:`Limiter.settle`."""
 
-    __slots__ = ("headers", "key", "open", "reserved")
+    __slots__ = ("headers", "key", "lease", "open", "reserved")
 
-    def __init__(self, key: ClientKey, reserved: int, headers: Headers) -> None:
+    def __init__(self, key: ClientKey, reserved: int, headers: Headers, lease: str | None = None) -> None:
         self.key = key
         self.reserved = reserved  # tokens reserved against the token rate and the budgets
         self.headers = headers
         self.open = True
+        self.lease = lease  # Redis limits: this request's place among the key's requests in flight
 
 
 class _Rule:
@@ -157,13 +162,13 @@ class Limiter:
                 state[0], state[1] = rpm_tat, tpm_tat
         finally:
             self.slots.commit(num, state, 0 if refused is not None else 1)
-        headers = self._headers(rule, state[0], state[1], mono)
+        headers = rate_headers(
+            rule,
+            state[0] - mono if state[0] > mono else 0.0,
+            state[1] - mono if state[1] > mono else 0.0,
+        )
         if refused is not None:
-            code, n, wait = refused
-            retry = max(int(wait + 0.999), 1)
-            headers.append((b"retry-after", b"%d" % retry))
-            message = MESSAGES[code].format(n=n, cost=reserve)
-            raise LimitExceeded(code, f"Rate limit exceeded: {message}. Retry after {retry}s.", wait, headers)
+            raise refusal(refused[0], refused[1], refused[2], reserve, headers)
         if rule.budgets:
             self.budgets.reserve(num, reserve)
         return Ticket(key, reserve, headers)
@@ -184,27 +189,35 @@ class Limiter:
         if rule.budgets:
             self.budgets.settle(num, ticket.reserved, used)
 
-    @staticmethod
-    def _headers(rule: _Rule, rpm_tat: float, tpm_tat: float, mono: float) -> Headers:
-        out: Headers = []
-        if rule.rpm_i:
-            ahead = rpm_tat - mono if rpm_tat > mono else 0.0
-            out += (
-                (b"x-ratelimit-limit-requests", rule.rpm_b),
-                (
-                    b"x-ratelimit-remaining-requests",
-                    b"%d" % max(int((WINDOW_S - ahead) / rule.rpm_i + 1e-9), 0),
-                ),
-                (b"x-ratelimit-reset-requests", _reset(ahead)),
-            )
-        if rule.tpm_i:
-            ahead = tpm_tat - mono if tpm_tat > mono else 0.0
-            out += (
-                (b"x-ratelimit-limit-tokens", rule.tpm_b),
-                (
-                    b"x-ratelimit-remaining-tokens",
-                    b"%d" % max(int((WINDOW_S - ahead) / rule.tpm_i + 1e-9), 0),
-                ),
-                (b"x-ratelimit-reset-tokens", _reset(ahead)),
-            )
-        return out
+
+def refusal(code: str, n: int, wait: float, cost: int, headers: Headers) -> LimitExceeded:
+    """The 429 of limit ``code`` (of ``n``), with ``Retry-After`` added to ``headers``."""
+    retry = max(int(wait + 0.999), 1)
+    headers.append((b"retry-after", b"%d" % retry))
+    message = MESSAGES[code].format(n=n, cost=cost)
+    return LimitExceeded(code, f"Rate limit exceeded: {message}. Retry after {retry}s.", wait, headers)
+
+
+def rate_headers(rule: _Rule, rpm_ahead: float, tpm_ahead: float) -> Headers:
+    """OpenAI's x-ratelimit-* for the rates ``rule`` has; ``*_ahead``: how far each GCRA state runs
+    ahead of now (0 when the bucket is full)."""
+    out: Headers = []
+    if rule.rpm_i:
+        out += (
+            (b"x-ratelimit-limit-requests", rule.rpm_b),
+            (
+                b"x-ratelimit-remaining-requests",
+                b"%d" % max(int((WINDOW_S - rpm_ahead) / rule.rpm_i + 1e-9), 0),
+            ),
+            (b"x-ratelimit-reset-requests", _reset(rpm_ahead)),
+        )
+    if rule.tpm_i:
+        out += (
+            (b"x-ratelimit-limit-tokens", rule.tpm_b),
+            (
+                b"x-ratelimit-remaining-tokens",
+                b"%d" % max(int((WINDOW_S - tpm_ahead) / rule.tpm_i + 1e-9), 0),
+            ),
+            (b"x-ratelimit-reset-tokens", _reset(tpm_ahead)),
+        )
+    return out

@@ -87,6 +87,12 @@ def m003_key_name(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN key_name TEXT")
 
 
+@migration
+def m004_cache(db: sqlite3.Connection) -> None:
+    """What the response cache did: hit, miss, bypass, error (NULL: the route does not cache)."""
+    db.execute("ALTER TABLE requests ADD COLUMN cache TEXT")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the migrations ``db`` lacks (``db`` in autocommit mode); returns their names."""
     return _steps.apply(db, MIGRATIONS)

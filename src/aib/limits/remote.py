@@ -1,0 +1,333 @@
+"""Limits in Redis (``auth.store: redis``): one key's rates, requests in flight and budgets held
+across every replica, in one round trip per request.
+
+:meth:`RedisLimits.admit` is one Lua script (``EVALSHA``) on the key's own keys, all under one hash
+tag (one Cluster slot): the GCRA states of the request and token rates (the arithmetic of
+:mod:`aib.limits.gcra`, on Redis's clock, so replicas on machines whose clocks differ agree), the
+requests in flight and the day and month budgets. It takes all of them or none, like the local
+limiter, and answers what the ``x-ratelimit-*`` headers need.
+
+Requests in flight are leases, not counters: a sorted set of ``replica:seq`` members scored by when
+they lapse (``LEASE_S``); the replica renews the leases of its open requests every ``LEASE_S / 3``
+(one pipelined round trip for all of them). A replica that is killed leaks nothing for longer than a
+lease. :meth:`RedisLimits.settle` is off the request path: settles queue and go as one pipeline per
+event-loop turn; the ones Redis did not take are sent again when it is back (bounded).
+
+Budgets here are exact across replicas: a request reserves its tokens on the day and month counters
+at admission and settles the difference (the SQLite store's budgets lag by up to a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import os
+import time
+from typing import Any
+
+import redis
+
+from aib.auth.keys import ClientKey
+from aib.limits.budgets import day_and_month, next_day, next_month
+from aib.limits.limiter import WINDOW_S, LimitExceeded, Ticket, _Rule, rate_headers, refusal
+from aib.shared.link import ERRORS, RedisLink
+
+log = logging.getLogger("aib.limits")
+LEASE_S = 30.0
+RETRY_MAX = 10_000  # settles kept while Redis is down
+
+ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm_i, tpm_i = tonumber(ARGV[1]), tonumber(ARGV[2])
+local conc, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
+local bday, bmonth = tonumber(ARGV[5]), tonumber(ARGV[6])
+local lease, window = tonumber(ARGV[8]), tonumber(ARGV[9])
+local st = redis.call('HMGET', KEYS[1], 'r', 't')
+local rtat, ttat = tonumber(st[1]) or 0, tonumber(st[2]) or 0
+local refused, wait, n = '', 0, 0
+if conc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= conc then refused, wait = 'concurrent_requests', 1 end
+end
+local nr, nt = rtat, ttat
+if refused == '' and rpm_i > 0 then
+  local new = math.max(rtat, now) + math.min(rpm_i, window)
+  if new - now > window + 1e-9 then refused, wait = 'requests_per_minute', new - now - window else nr = new end
+end
+if refused == '' and tpm_i > 0 then
+  local new = math.max(ttat, now) + math.min(cost * tpm_i, window)
+  if new - now > window + 1e-9 then refused, wait = 'tokens_per_minute', new - now - window else nt = new end
+end
+if refused == '' and bday > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') + cost > bday then
+  refused = 'tokens_per_day'
+end
+if refused == '' and bmonth > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') + cost > bmonth then
+  refused = 'tokens_per_month'
+end
+if refused == '' then
+  if rpm_i > 0 or tpm_i > 0 then
+    redis.call('HSET', KEYS[1], 'r', string.format('%.6f', nr), 't', string.format('%.6f', nt))
+    redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(nr, nt) - now + window) * 1000))
+  end
+  if conc > 0 then
+    redis.call('ZADD', KEYS[2], now + lease, ARGV[7])
+    redis.call('PEXPIRE', KEYS[2], math.ceil(lease * 2000))
+  end
+  if bday > 0 then redis.call('INCRBY', KEYS[3], cost); redis.call('EXPIRE', KEYS[3], 172800) end
+  if bmonth > 0 then redis.call('INCRBY', KEYS[4], cost); redis.call('EXPIRE', KEYS[4], 2764800) end
+end
+return {refused, string.format('%.6f', wait), string.format('%.6f', math.max(nr - now, 0)),
+        string.format('%.6f', math.max(nt - now, 0))}
+"""
+
+SETTLE = """
+if ARGV[3] ~= '' then redis.call('ZREM', KEYS[2], ARGV[3]) end
+local refund = tonumber(ARGV[2])
+if refund ~= 0 and tonumber(ARGV[1]) > 0 then
+  local tt = tonumber(redis.call('HGET', KEYS[1], 't'))
+  if tt then redis.call('HSET', KEYS[1], 't', string.format('%.6f', tt - refund * tonumber(ARGV[1]))) end
+end
+if refund ~= 0 and ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('DECRBY', KEYS[3], refund)
+end
+if refund ~= 0 and ARGV[5] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('DECRBY', KEYS[4], refund)
+end
+return 1
+"""
+
+RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+SCRIPTS = {
+    name: (text, _sha(text)) for name, text in (("admit", ADMIT), ("settle", SETTLE), ("renew", RENEW))
+}
+
+
+class RemoteTicket(Ticket):
+    """A ticket of the Redis limits: where its key's state lives (for the settle)."""
+
+    __slots__ = ("keys",)
+
+    def __init__(
+        self, key: ClientKey, reserved: int, headers: Any, lease: str | None, keys: list[str]
+    ) -> None:
+        super().__init__(key, reserved, headers, lease)
+        self.keys = keys
+
+
+class RedisLimits:
+    """The limits of every key, in Redis (see the module doc)."""
+
+    def __init__(self, link: RedisLink, replica: str | None = None) -> None:
+        self.link = link
+        self.prefix = link.settings.key_prefix + "{lim:"
+        self.replica = replica or f"{os.uname().nodename}-{os.getpid()}-{os.urandom(3).hex()}"
+        self._seq = itertools.count(1)
+        self._rules: dict[int, _Rule] = {}
+        self._open: dict[str, str] = {}  # lease member -> its sorted set (renewed until settled)
+        self._pending: list[tuple[list[str], list[Any]]] = []
+        self._retry: list[tuple[list[str], list[Any]]] = []
+        self._armed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._renewer: asyncio.Task[None] | None = None
+        link.on_up.append(self._resend)
+
+    def _rule(self, key: ClientKey) -> _Rule:
+        rule = self._rules.get(key.num)
+        if rule is None or rule.key is not key:
+            rule = self._rules[key.num] = _Rule(key)
+        return rule
+
+    def _keys(self, num: int, day: str, month: str) -> list[str]:
+        base = f"{self.prefix}{num}}}"
+        return [base, base + ":inflight", f"{base}:day:{day}", f"{base}:month:{month}"]
+
+    async def _eval(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        text, sha = SCRIPTS[name]
+        try:
+            return await client.evalsha(sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:  # a restarted Redis forgot the scripts
+            await client.script_load(text)
+            return await client.evalsha(sha, len(keys), *keys, *args)
+
+    # ------------------------------------------------------------------ the request path
+
+    async def admit_or_fallback(self, key: ClientKey, reserve: int) -> Ticket | None:
+        """:meth:`admit`; while Redis cannot be reached: None (no limit) under ``on_redis_error:
+        allow``, else :class:`LimitExceeded` with status 503 (``limits_unavailable``)."""
+        link = self.link
+        if link.ok:
+            try:
+                return await self.admit(key, reserve)
+            except ERRORS as exc:
+                link.failed("limits", exc)
+        else:
+            link.errors["limits"] = link.errors.get("limits", 0) + 1
+        if link.settings.on_redis_error == "allow":
+            return None
+        raise LimitExceeded(
+            "limits_unavailable",
+            "This key's limits cannot be checked now (the gateway's Redis is unreachable); retry shortly.",
+            1.0,
+            [(b"retry-after", b"1")],
+            status=503,
+        )
+
+    async def admit(self, key: ClientKey, reserve: int, now: float | None = None) -> Ticket:
+        """Take the request's place or raise :class:`LimitExceeded`; a Redis failure raises one of
+        :data:`aib.shared.link.ERRORS` (the gate decides what that means)."""
+        rule = self._rule(key)
+        now = time.time() if now is None else now
+        day, month = day_and_month(now)
+        keys = self._keys(key.num, day, month)
+        member = f"{self.replica}:{next(self._seq)}" if rule.conc else ""
+        res = await self._eval(
+            self.link.client,
+            "admit",
+            keys,
+            [
+                rule.rpm_i,
+                rule.tpm_i,
+                rule.conc or 0,
+                reserve,
+                rule.budget_day or 0,
+                rule.budget_month or 0,
+                member,
+                LEASE_S,
+                WINDOW_S,
+            ],
+        )
+        code = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
+        headers = rate_headers(rule, float(res[2]), float(res[3]))
+        if code:
+            wait = float(res[1])
+            if code == "tokens_per_day":
+                n, wait = rule.budget_day or 0, next_day(now) - now
+            elif code == "tokens_per_month":
+                n, wait = rule.budget_month or 0, next_month(now) - now
+            else:
+                n = {"concurrent_requests": rule.conc, "requests_per_minute": rule.rpm}.get(
+                    code, rule.tpm
+                ) or 0
+            raise refusal(code, n, wait, reserve, headers)
+        ticket = RemoteTicket(key, reserve, headers, member or None, keys)
+        if member:
+            self._open[member] = keys[1]
+            self._start_renewer()
+        return ticket
+
+    def settle(self, ticket: Ticket, used: int) -> None:
+        """Queue the request's end: free its place, give back what it reserved and did not use."""
+        if not ticket.open or not isinstance(ticket, RemoteTicket):
+            return
+        ticket.open = False
+        rule = self._rule(ticket.key)
+        member = ticket.lease or ""
+        if member:
+            self._open.pop(member, None)
+        refund = ticket.reserved - used
+        if not member and (refund == 0 or not (rule.tpm_i or rule.budgets)):
+            return  # nothing to give back
+        args = [
+            rule.tpm_i,
+            refund,
+            member,
+            "1" if rule.budget_day else "0",
+            "1" if rule.budget_month else "0",
+        ]
+        self._pending.append((ticket.keys, args))
+        if not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._armed = False
+        batch, self._pending = self._pending, []
+        if batch:
+            self._spawn(self._send(batch))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[list[str], list[Any]]]) -> None:
+        if not self.link.ok:
+            self._keep(batch)
+            return
+        text, sha = SCRIPTS["settle"]
+        try:
+            for attempt in (0, 1):
+                pipe = self.link.client.pipeline(transaction=False)
+                for keys, args in batch:
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+                missing = [
+                    b
+                    for b, r in zip(batch, results, strict=True)
+                    if isinstance(r, redis.exceptions.NoScriptError)
+                ]
+                if not missing or attempt:
+                    return
+                await self.link.client.script_load(text)
+                batch = missing
+        except ERRORS as exc:
+            self.link.failed("settle", exc)
+            self._keep(batch)
+
+    def _keep(self, batch: list[tuple[list[str], list[Any]]]) -> None:
+        room = RETRY_MAX - len(self._retry)
+        if room > 0:
+            self._retry.extend(batch[:room])
+
+    async def _resend(self) -> None:
+        """Redis is back: send the settles it missed, and load the scripts."""
+        for text, _ in SCRIPTS.values():
+            await self.link.client.script_load(text)
+        batch, self._retry = self._retry, []
+        if batch:
+            self._spawn(self._send(batch))
+
+    # ------------------------------------------------------------------ leases
+
+    def _start_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.ensure_future(self._renew_loop())
+
+    async def _renew_loop(self) -> None:
+        while self._open:
+            await asyncio.sleep(LEASE_S / 3)
+            if not self._open or not self.link.ok:
+                continue
+            _, sha = SCRIPTS["renew"]
+            pipe = self.link.client.pipeline(transaction=False)
+            for member, zset in list(self._open.items()):
+                pipe.evalsha(sha, 1, zset, member, LEASE_S)
+            try:
+                await pipe.execute(raise_on_error=False)
+            except ERRORS as exc:
+                self.link.failed("renew", exc)
+
+    async def close(self) -> None:
+        self._flush()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+
+
+__all__ = ["LEASE_S", "LimitExceeded", "RedisLimits", "RemoteTicket"]
