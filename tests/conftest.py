@@ -14,6 +14,7 @@ import pytest
 from aib.devtools.fake_ollama import FakeOllama
 from aib.devtools.llamacpp import LlamaCppServer, free_port, llamacpp_available
 from aib.devtools.models import ensure_model
+from aib.devtools.redisserver import RedisServer, redis_available
 
 
 @pytest.fixture(autouse=True)
@@ -67,3 +68,15 @@ def fake_ollama() -> Iterator[FakeOllama]:
     """The Ollama contract fake on a free port (``.base_url``; OpenAI API under ``/v1``)."""
     with FakeOllama().serve_in_thread() as fake:
         yield fake
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server (Debian's) on a free loopback port, one per test module."""
+    if not redis_available():
+        pytest.fail("redis-server is not installed (make sysdeps installs Debian's redis-server)")
+    srv = RedisServer(log_path=tmp_path_factory.mktemp("redis") / "redis.log")
+    try:
+        yield srv.start()
+    finally:
+        srv.close()

@@ -107,6 +107,20 @@ class Gate:
             if gen == self.generation:
                 return False
             keys = store.load()
+            if not keys and gen == 0 and self.by_id:
+                # a store that lost everything (a Redis restarted without persistence): keep the keys
+                # in force rather than refuse every client; said once
+                if "emptied" not in self._warned:
+                    self._warned.add("emptied")
+                    log.warning(
+                        "key store %s is empty (restarted without persistence?): keeping the %d keys "
+                        "in force. Restore it, or make the keys again; Redis holding keys needs "
+                        "appendonly yes (docs/scaling.md).",
+                        self.store_name,
+                        len(self.by_id),
+                    )
+                return False
+            self._warned.discard("emptied")
             self.keys = {k.hash.encode(): k for k in keys}
             self.by_id = {k.id: k for k in keys}
             self.generation = gen

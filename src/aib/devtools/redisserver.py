@@ -4,7 +4,8 @@
 ...     r.url   # redis://127.0.0.1:PORT/0
 
 One child process bound to 127.0.0.1 on a free port (kept across :meth:`stop` / :meth:`start`, so a
-restarted server comes back at the same address), no persistence, logging to a file; ``DEBUG``
+restarted server comes back at the same address), no persistence unless asked (``persist``: an
+append-only file, as a Redis that holds client keys needs), logging to a file; ``DEBUG``
 allowed from loopback (``DEBUG SLEEP`` makes it slow on purpose). :meth:`kill` is ``kill -9``.
 Sentinel mode (``redis-server --sentinel``) is :class:`RedisSentinel`.
 """
@@ -52,9 +53,11 @@ class RedisServer:
         log_path: Path | None = None,
         extra: tuple[str, ...] = (),
         ready_timeout_s: float = 10.0,
+        persist: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.extra = extra
+        self.persist = persist  # an append-only file fsynced every second (what kill -9 can lose)
         self.ready_timeout_s = ready_timeout_s
         self._dir = Path(tempfile.mkdtemp(prefix="aib-redis-"))
         self.log_path = log_path or self._dir / "redis.log"
@@ -74,7 +77,8 @@ class RedisServer:
             "--bind", HOST,
             "--port", str(self.port),
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persist else "no",
+            "--appendfsync", "everysec",
             "--dir", str(self._dir),
             "--enable-debug-command", "local",
             "--logfile", str(self.log_path),

@@ -156,12 +156,17 @@ class RedisLimits:
         return [base, base + ":inflight", f"{base}:day:{day}", f"{base}:month:{month}"]
 
     async def _eval(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
-        text, sha = SCRIPTS[name]
+        sha = SCRIPTS[name][1]
         try:
             return await client.evalsha(sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:  # a restarted Redis forgot the scripts
-            await client.script_load(text)
+        except redis.exceptions.NoScriptError:  # a new or restarted Redis: it has not seen them
+            await self.load_scripts()
             return await client.evalsha(sha, len(keys), *keys, *args)
+
+    async def load_scripts(self) -> None:
+        """SCRIPT LOAD every script (on every primary of a Cluster)."""
+        for text, _ in SCRIPTS.values():
+            await self.link.client.script_load(text)
 
     # ------------------------------------------------------------------ the request path
 
@@ -268,7 +273,7 @@ class RedisLimits:
         if not self.link.ok:
             self._keep(batch)
             return
-        text, sha = SCRIPTS["settle"]
+        sha = SCRIPTS["settle"][1]
         try:
             for attempt in (0, 1):
                 pipe = self.link.client.pipeline(transaction=False)
@@ -282,7 +287,7 @@ class RedisLimits:
                 ]
                 if not missing or attempt:
                     return
-                await self.link.client.script_load(text)
+                await self.load_scripts()
                 batch = missing
         except ERRORS as exc:
             self.link.failed("settle", exc)
@@ -295,8 +300,7 @@ class RedisLimits:
 
     async def _resend(self) -> None:
         """Redis is back: send the settles it missed, and load the scripts."""
-        for text, _ in SCRIPTS.values():
-            await self.link.client.script_load(text)
+        await self.load_scripts()
         batch, self._retry = self._retry, []
         if batch:
             self._spawn(self._send(batch))
@@ -317,7 +321,9 @@ class RedisLimits:
             for member, zset in list(self._open.items()):
                 pipe.evalsha(sha, 1, zset, member, LEASE_S)
             try:
-                await pipe.execute(raise_on_error=False)
+                results = await pipe.execute(raise_on_error=False)
+                if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+                    await self.load_scripts()  # renewed at the next turn, well within the lease
             except ERRORS as exc:
                 self.link.failed("renew", exc)
 

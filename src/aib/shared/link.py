@@ -221,6 +221,7 @@ class RedisLink:
             await asyncio.sleep(PROBE_S)
             try:
                 await self.client.ping()
+                await self._drop_connections()  # the pool's others died with the outage
             except ERRORS as exc:
                 self.last_error = _error_text(exc)
                 continue
@@ -238,6 +239,15 @@ class RedisLink:
                 self.down_since = None
                 log.warning("redis %s is back after %.1fs", self.where, down_s)
                 return
+
+    async def _drop_connections(self) -> None:
+        """Close every pooled connection (new ones are made on use): after an outage they are dead,
+        and each would fail one more command."""
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            await pool.disconnect()
+        else:  # a Cluster client: it reconnects to the nodes on its next command
+            await self.client.aclose()
 
     async def close(self) -> None:
         self._closed = True
