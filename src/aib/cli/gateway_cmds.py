@@ -193,4 +193,14 @@ def health(gateway: GatewayOpt = "http://127.0.0.1:4000", as_json: JsonOpt = Fal
                 p.get("last_error") or "",
             )
         console.print(table)
+        r = data.get("redis")
+        if isinstance(r, dict):  # this process's view (docs/scaling.md)
+            from rich.markup import escape
+
+            style = "green" if r.get("status") == "up" else "red"
+            uses = ", ".join(r.get("used_for") or [])
+            line = f"redis {escape(str(r.get('where')))} ({uses}): [{style}]{r.get('status')}[/{style}]"
+            if r.get("status") != "up" and r.get("last_error"):
+                line += f", {escape(str(r['last_error']))}"
+            console.print(line, soft_wrap=True)
     raise typer.Exit(0 if status == 200 else 1)
