@@ -181,3 +181,27 @@ def test_budgets_are_exact_and_scripts_come_back_after_a_script_flush(redis_serv
         assert await admitted(a, k, 85) is not None  # 10 + 0 + 85
 
     run(redis_server, body, "budget:")
+
+
+def test_a_requests_end_rides_with_the_keys_next_admission(redis_server: RedisServer) -> None:
+    """concurrency 1, tpm 600: request 2 is admitted at once after request 1 ended, in the same round
+    trip that frees request 1's place and gives back its unused tokens (no settle of its own)."""
+
+    async def body(link: RedisLink, a: RedisLimits, b: RedisLimits) -> None:
+        k = key(6, concurrency=1, tpm=600)
+        stats0 = await link.client.info("commandstats")
+        t1 = await a.admit(k, 500)
+        a.settle(t1, 100)  # 400 back
+        assert a._pending  # waiting for the next admission
+        t2 = await a.admit(k, 500)  # would be refused (place taken, 100 tokens left) without the end
+        assert not a._pending
+        remaining = int(dict(t2.headers)[b"x-ratelimit-remaining-tokens"])
+        assert 0 <= remaining <= 5  # 600 - 100 used - 500 reserved, plus what refilled meanwhile
+        stats1 = await link.client.info("commandstats")
+        calls = stats1["cmdstat_evalsha"]["calls"] - stats0.get("cmdstat_evalsha", {"calls": 0})["calls"]
+        assert calls == 2  # two admissions, no settle
+        a.settle(t2, 0)
+        await asyncio.sleep(remote.SETTLE_WITHIN_S + 0.2)  # no next admission: sent on its own
+        assert not a._pending and await admitted(b, k, 100) is not None
+
+    run(redis_server, body, "ride:")

@@ -7,7 +7,7 @@ answer's bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -31,7 +31,10 @@ class Entry:
     upstream: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    streams: dict[bool, bytes] = field(default_factory=dict)  # replayed SSE by include_usage (memory only)
+    # made on a hit (memory entries keep them): the answer's fixed response headers, and its SSE replays
+    head: list[tuple[bytes, bytes]] | None = None
+    stream_plain: bytes | None = None  # replayed without usage
+    stream_usage: bytes | None = None  # with the usage chunk (stream_options.include_usage)
 
     @property
     def size(self) -> int:

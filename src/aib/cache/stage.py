@@ -144,29 +144,32 @@ class ResponseCache:
         assert entry is not None
         res = look.res
         record.route, record.matched_by, record.rule = res.group.name, res.matched_by, res.rule
+        head = entry.head
+        if head is None:
+            head = entry.head = [
+                (b"x-aib-provider", (entry.provider or "").encode()),
+                (b"x-aib-model", (entry.upstream or "").encode()),
+                (b"x-aib-fallbacks", b"0"),
+                (b"x-aib-cache", b"hit"),
+                (b"x-aib-cache-key", look.key.encode()),
+            ]
         if record.stream:
             opts = look.payload.get("stream_options")
-            usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-            body = entry.streams.get(usage)
-            if body is None:
-                body = entry.streams[usage] = stream_of(entry.body, look.endpoint, usage)
-            ctype = b"text/event-stream"
+            if isinstance(opts, dict) and opts.get("include_usage"):
+                body = entry.stream_usage
+                if body is None:
+                    body = entry.stream_usage = stream_of(entry.body, look.endpoint, True)
+            else:
+                body = entry.stream_plain
+                if body is None:
+                    body = entry.stream_plain = stream_of(entry.body, look.endpoint, False)
+            headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         else:
-            body, ctype = entry.body, b"application/json"
-        headers = [
-            (b"content-type", ctype),
-            (b"x-request-id", record.request_id.encode()),
-            (b"x-aib-provider", (entry.provider or "").encode()),
-            (b"x-aib-model", (entry.upstream or "").encode()),
-            (b"x-aib-fallbacks", b"0"),
-            (b"x-aib-cache", b"hit"),
-            (b"x-aib-cache-key", look.key.encode()),
-            (b"age", b"%d" % max(int(time.time() - entry.stored_at), 0)),
-        ]
-        if record.stream:
-            headers.append((b"cache-control", b"no-cache"))
-        else:
-            headers.append((b"content-length", b"%d" % len(body)))
+            body = entry.body
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        headers.append((b"x-request-id", record.request_id.encode()))
+        headers += head
+        headers.append((b"age", b"%d" % max(int(time.time() - entry.stored_at), 0)))
         record.status = 200
         record.prompt_tokens = record.completion_tokens = 0  # a hit costs the key no tokens
         try:

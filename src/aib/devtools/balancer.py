@@ -70,7 +70,9 @@ class Balancer:
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"aib-{kind}-"))
         render = render_haproxy if kind == "haproxy" else render_nginx
         self.config = self.run_dir / ("haproxy.cfg" if kind == "haproxy" else "nginx.conf")
-        self.config.write_text(render(text if text is not None else shipped(kind), listen, self.ports, self.run_dir))
+        self.config.write_text(
+            render(text if text is not None else shipped(kind), listen, self.ports, self.run_dir)
+        )
         self.log_path = self.run_dir / "out.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -96,7 +98,9 @@ class Balancer:
         if shutil.which(self.argv()[0]) is None:
             raise RuntimeError(f"{self.argv()[0]} is not installed (make sysdeps)")
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -138,5 +142,7 @@ class Balancer:
     def __enter__(self) -> Balancer:
         return self.start()
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

@@ -10,8 +10,13 @@ limiter, and answers what the ``x-ratelimit-*`` headers need.
 Requests in flight are leases, not counters: a sorted set of ``replica:seq`` members scored by when
 they lapse (``LEASE_S``); the replica renews the leases of its open requests every ``LEASE_S / 3``
 (one pipelined round trip for all of them). A replica that is killed leaks nothing for longer than a
-lease. :meth:`RedisLimits.settle` is off the request path: settles queue and go as one pipeline per
-event-loop turn; the ones Redis did not take are sent again when it is back (bounded).
+lease.
+
+:meth:`RedisLimits.settle` costs no round trip of its own: a request's end (its place freed, the tokens
+it reserved and did not use given back) waits, summed with the key's other ends, for the key's next
+admission on this replica, which applies it in the same script before it checks anything. Ends that
+no admission takes within ``SETTLE_WITHIN_S`` go as one pipeline; the ones Redis did not take are sent
+again when it is back (bounded).
 
 Budgets here are exact across replicas: a request reserves its tokens on the day and month counters
 at admission and settles the difference (the SQLite store's budgets lag by up to a second).
@@ -36,9 +41,29 @@ from aib.shared.link import ERRORS, RedisLink
 
 log = logging.getLogger("aib.limits")
 LEASE_S = 30.0
+SETTLE_WITHIN_S = 0.05  # a request's end waits at most this long for the key's next admission
 RETRY_MAX = 10_000  # settles kept while Redis is down
 
-ADMIT = """
+# the end of earlier requests of the key (ARGV from `first`): free their places, give back tokens
+_SETTLE_PART = """
+local function settle(first)
+  local refund, tpm_i = tonumber(ARGV[first]), tonumber(ARGV[first + 1])
+  for i = first + 4, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
+  if refund ~= 0 then
+    if tpm_i > 0 then
+      local tt = tonumber(redis.call('HGET', KEYS[1], 't'))
+      if tt then redis.call('HSET', KEYS[1], 't', string.format('%.6f', tt - refund * tpm_i)) end
+    end
+    if ARGV[first + 2] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then redis.call('DECRBY', KEYS[3], refund) end
+    if ARGV[first + 3] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then redis.call('DECRBY', KEYS[4], refund) end
+  end
+end
+"""
+
+ADMIT = (
+    _SETTLE_PART
+    + """
+settle(10)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rpm_i, tpm_i = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -82,22 +107,15 @@ end
 return {refused, string.format('%.6f', wait), string.format('%.6f', math.max(nr - now, 0)),
         string.format('%.6f', math.max(nt - now, 0))}
 """
+)
 
-SETTLE = """
-if ARGV[3] ~= '' then redis.call('ZREM', KEYS[2], ARGV[3]) end
-local refund = tonumber(ARGV[2])
-if refund ~= 0 and tonumber(ARGV[1]) > 0 then
-  local tt = tonumber(redis.call('HGET', KEYS[1], 't'))
-  if tt then redis.call('HSET', KEYS[1], 't', string.format('%.6f', tt - refund * tonumber(ARGV[1]))) end
-end
-if refund ~= 0 and ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('DECRBY', KEYS[3], refund)
-end
-if refund ~= 0 and ARGV[5] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('DECRBY', KEYS[4], refund)
-end
+SETTLE = (
+    _SETTLE_PART
+    + """
+settle(1)
 return 1
 """
+)
 
 RENEW = """
 local t = redis.call('TIME')
@@ -128,6 +146,36 @@ class RemoteTicket(Ticket):
         self.keys = keys
 
 
+class _Ends:
+    """Ends of requests of one key (and day), not yet in Redis: summed, applied together."""
+
+    __slots__ = ("budget_day", "budget_month", "keys", "members", "refund", "tpm_i")
+
+    def __init__(self, keys: list[str], tpm_i: float, budget_day: bool, budget_month: bool) -> None:
+        self.keys = keys
+        self.tpm_i = tpm_i
+        self.budget_day = budget_day
+        self.budget_month = budget_month
+        self.refund = 0
+        self.members: list[str] = []
+
+    def args(self) -> list[Any]:
+        return [
+            self.refund,
+            self.tpm_i,
+            "1" if self.budget_day else "0",
+            "1" if self.budget_month else "0",
+            *self.members,
+        ]
+
+    def merge(self, other: _Ends) -> None:
+        self.refund += other.refund
+        self.members += other.members
+
+
+NO_ENDS = [0, 0, "0", "0"]
+
+
 class RedisLimits:
     """The limits of every key, in Redis (see the module doc)."""
 
@@ -137,10 +185,12 @@ class RedisLimits:
         self.replica = replica or f"{os.uname().nodename}-{os.getpid()}-{os.urandom(3).hex()}"
         self._seq = itertools.count(1)
         self._rules: dict[int, _Rule] = {}
+        self._day: tuple[int, str, str] = (-1, "", "")  # (second, UTC day, month) of the last admission
+        self._key_names: dict[int, tuple[str, list[str]]] = {}  # key num -> (day, its Redis keys)
         self._open: dict[str, str] = {}  # lease member -> its sorted set (renewed until settled)
-        self._pending: list[tuple[list[str], list[Any]]] = []
-        self._retry: list[tuple[list[str], list[Any]]] = []
-        self._armed = False
+        self._pending: dict[str, _Ends] = {}  # the key's day budget key (unique per key and day) -> ends
+        self._retry: list[_Ends] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None
         link.on_up.append(self._resend)
@@ -151,9 +201,17 @@ class RedisLimits:
             rule = self._rules[key.num] = _Rule(key)
         return rule
 
-    def _keys(self, num: int, day: str, month: str) -> list[str]:
-        base = f"{self.prefix}{num}}}"
-        return [base, base + ":inflight", f"{base}:day:{day}", f"{base}:month:{month}"]
+    def _keys(self, num: int, now: float) -> list[str]:
+        """The key's state, leases, and day and month budget keys (one hash tag: one Cluster slot)."""
+        day = self._day
+        if int(now) != day[0]:
+            day = self._day = (int(now), *day_and_month(now))
+        have = self._key_names.get(num)
+        if have is None or have[0] != day[1]:
+            base = f"{self.prefix}{num}}}"
+            names = [base, base + ":inflight", f"{base}:day:{day[1]}", f"{base}:month:{day[2]}"]
+            have = self._key_names[num] = (day[1], names)
+        return have[1]
 
     async def _eval(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
         sha = SCRIPTS[name][1]
@@ -196,25 +254,27 @@ class RedisLimits:
         :data:`aib.shared.link.ERRORS` (the gate decides what that means)."""
         rule = self._rule(key)
         now = time.time() if now is None else now
-        day, month = day_and_month(now)
-        keys = self._keys(key.num, day, month)
+        keys = self._keys(key.num, now)
         member = f"{self.replica}:{next(self._seq)}" if rule.conc else ""
-        res = await self._eval(
-            self.link.client,
-            "admit",
-            keys,
-            [
-                rule.rpm_i,
-                rule.tpm_i,
-                rule.conc or 0,
-                reserve,
-                rule.budget_day or 0,
-                rule.budget_month or 0,
-                member,
-                LEASE_S,
-                WINDOW_S,
-            ],
-        )
+        ends = self._pending.pop(keys[2], None)  # earlier requests of this key that ended: same trip
+        args = [
+            rule.rpm_i,
+            rule.tpm_i,
+            rule.conc or 0,
+            reserve,
+            rule.budget_day or 0,
+            rule.budget_month or 0,
+            member,
+            LEASE_S,
+            WINDOW_S,
+            *(ends.args() if ends is not None else NO_ENDS),
+        ]
+        try:
+            res = await self._eval(self.link.client, "admit", keys, args)
+        except BaseException:
+            if ends is not None:  # not applied: keep them for the next trip
+                self._add_ends(ends)
+            raise
         code = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
         headers = rate_headers(rule, float(res[2]), float(res[3]))
         if code:
@@ -235,7 +295,8 @@ class RedisLimits:
         return ticket
 
     def settle(self, ticket: Ticket, used: int) -> None:
-        """Queue the request's end: free its place, give back what it reserved and did not use."""
+        """The request is over: its place is freed and the tokens it reserved and did not use are
+        given back with the key's next admission (or within ``SETTLE_WITHIN_S``)."""
         if not ticket.open or not isinstance(ticket, RemoteTicket):
             return
         ticket.open = False
@@ -246,21 +307,24 @@ class RedisLimits:
         refund = ticket.reserved - used
         if not member and (refund == 0 or not (rule.tpm_i or rule.budgets)):
             return  # nothing to give back
-        args = [
-            rule.tpm_i,
-            refund,
-            member,
-            "1" if rule.budget_day else "0",
-            "1" if rule.budget_month else "0",
-        ]
-        self._pending.append((ticket.keys, args))
-        if not self._armed:
-            self._armed = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        ends = _Ends(ticket.keys, rule.tpm_i, rule.budget_day is not None, rule.budget_month is not None)
+        ends.refund = refund
+        if member:
+            ends.members.append(member)
+        self._add_ends(ends)
+
+    def _add_ends(self, ends: _Ends) -> None:
+        have = self._pending.get(ends.keys[2])
+        if have is None:
+            self._pending[ends.keys[2]] = ends
+        else:
+            have.merge(ends)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(SETTLE_WITHIN_S, self._flush)
 
     def _flush(self) -> None:
-        self._armed = False
-        batch, self._pending = self._pending, []
+        self._timer = None
+        batch, self._pending = list(self._pending.values()), {}
         if batch:
             self._spawn(self._send(batch))
 
@@ -269,7 +333,7 @@ class RedisLimits:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[tuple[list[str], list[Any]]]) -> None:
+    async def _send(self, batch: list[_Ends]) -> None:
         if not self.link.ok:
             self._keep(batch)
             return
@@ -277,8 +341,8 @@ class RedisLimits:
         try:
             for attempt in (0, 1):
                 pipe = self.link.client.pipeline(transaction=False)
-                for keys, args in batch:
-                    pipe.evalsha(sha, len(keys), *keys, *args)
+                for ends in batch:
+                    pipe.evalsha(sha, len(ends.keys), *ends.keys, *ends.args())
                 results = await pipe.execute(raise_on_error=False)
                 missing = [
                     b
@@ -293,7 +357,7 @@ class RedisLimits:
             self.link.failed("settle", exc)
             self._keep(batch)
 
-    def _keep(self, batch: list[tuple[list[str], list[Any]]]) -> None:
+    def _keep(self, batch: list[_Ends]) -> None:
         room = RETRY_MAX - len(self._retry)
         if room > 0:
             self._retry.extend(batch[:room])
@@ -328,6 +392,8 @@ class RedisLimits:
                 self.link.failed("renew", exc)
 
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self._flush()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
