@@ -144,9 +144,15 @@ def test_doctor_checks_redis(redis_server: RedisServer, up: ScriptedUpstream, tm
     assert any("appendonly is off" in d for d in check["detail"])
     assert any("maxmemory is 0" in d for d in check["detail"])
     redis_server.command_line("CONFIG", "SET", "maxmemory", "100mb")
-    redis_server.command_line("CONFIG", "SET", "maxmemory-policy", "volatile-lru")
+    redis_server.command_line("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
     redis_server.command_line("CONFIG", "SET", "appendonly", "yes")
     try:
+        report = orjson.loads(
+            cli("doctor", "--json", "-c", str(cdir), "-g", dead_url(), "--ui-port", str(free_port())).output
+        )
+        check = next(c for c in report["checks"] if c["name"] == "redis")
+        assert check["status"] == "warn" and any("can evict client keys" in d for d in check["detail"])
+        redis_server.command_line("CONFIG", "SET", "maxmemory-policy", "volatile-lru")
         report = orjson.loads(
             cli("doctor", "--json", "-c", str(cdir), "-g", dead_url(), "--ui-port", str(free_port())).output
         )
@@ -155,6 +161,7 @@ def test_doctor_checks_redis(redis_server: RedisServer, up: ScriptedUpstream, tm
     finally:
         redis_server.command_line("CONFIG", "SET", "appendonly", "no")
         redis_server.command_line("CONFIG", "SET", "maxmemory", "0")
+        redis_server.command_line("CONFIG", "SET", "maxmemory-policy", "noeviction")
     gone = RedisServer(port=free_port())
     cdir2 = config(tmp_path / "2", up, gone)
     report = orjson.loads(

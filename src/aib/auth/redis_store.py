@@ -173,4 +173,6 @@ class RedisKeyStore:
         return rows
 
     def close(self) -> None:
-        self.client.close()
+        from aib.shared.link import close_all
+
+        close_all(self.client)

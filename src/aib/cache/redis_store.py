@@ -9,6 +9,7 @@ walk the keys with ``SCAN`` (never ``KEYS``), bounded.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -41,7 +42,8 @@ class RedisCacheStore:
             link.errors["cache"] = link.errors.get("cache", 0) + 1
             raise CacheUnavailable(link.last_error or "redis is down")
         try:
-            raw = await link.client.get(self.name(route, key))
+            async with asyncio.timeout(link.timeout_s):
+                raw = await link.client.get(self.name(route, key))
         except ERRORS as exc:
             link.failed("cache", exc)
             raise CacheUnavailable(str(exc)) from None
@@ -57,16 +59,17 @@ class RedisCacheStore:
         if not self.link.ok:
             return
         try:
-            await self.link.client.set(
-                self.name(entry.route, key), encode(entry), px=max(int(ttl_s * 1000), 1)
-            )
+            async with asyncio.timeout(self.link.timeout_s):
+                await self.link.client.set(
+                    self.name(entry.route, key), encode(entry), px=max(int(ttl_s * 1000), 1)
+                )
         except ERRORS as exc:
             self.link.failed("cache_store", exc)
 
     async def _scan(self, match: str) -> list[bytes]:
         found: list[bytes] = []
         seen = 0
-        async for name in self.link.client.scan_iter(match=match, count=SCAN_COUNT):
+        async for name in self.link.admin.scan_iter(match=match, count=SCAN_COUNT):
             found.append(name)
             seen += 1
             if seen >= SCAN_MAX:
@@ -81,14 +84,14 @@ class RedisCacheStore:
             batch = names[i : i + 500]
             if self.link.settings.cluster:  # keys of one UNLINK must share a slot: one at a time
                 for n in batch:
-                    gone += int(await self.link.client.unlink(n))
+                    gone += int(await self.link.admin.unlink(n))
             else:
-                gone += int(await self.link.client.unlink(*batch))
+                gone += int(await self.link.admin.unlink(*batch))
         return gone
 
     async def inspect(self, key: str) -> Entry | None:
         for name in await self._scan(self.prefix + "*:" + _glob_escape(key)):
-            raw = await self.link.client.get(name)
+            raw = await self.link.admin.get(name)
             if raw is not None:
                 try:
                     return decode(raw)
@@ -104,8 +107,8 @@ class RedisCacheStore:
             route = n.decode("utf-8", "replace")[plen:].rsplit(":", 1)[0]
             r = routes.setdefault(route, {"entries": 0})
             r["entries"] += 1
-        mem = await self.link.client.info("memory")
-        st = await self.link.client.info("stats")
+        mem = await self.link.admin.info("memory")
+        st = await self.link.admin.info("stats")
         info: dict[str, Any] = {}
         if "used_memory" in mem:  # one server (a cluster answers per node: left out)
             info = {

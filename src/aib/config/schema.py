@@ -523,7 +523,12 @@ class RedisSettings(Strict):
         description="While Redis cannot be reached: allow requests without checking keys' limits (one "
         "warning and aib_redis_errors_total), or deny them (503). The cache is bypassed either way.",
     )
-    max_connections: int = Field(64, ge=1, le=10_000, description="Connections per gateway process.")
+    max_connections: int = Field(
+        256,
+        ge=1,
+        le=10_000,
+        description="Connections per gateway process; a request finding all busy skips Redis (counted).",
+    )
     cluster: bool = Field(False, description="`url` is one node of a Redis Cluster.")
     sentinel: Sentinel | None = Field(None, description="Find the master through Redis Sentinel.")
 

@@ -44,38 +44,53 @@ LEASE_S = 30.0
 SETTLE_WITHIN_S = 0.05  # a request's end waits at most this long for the key's next admission
 RETRY_MAX = 10_000  # settles kept while Redis is down
 
-# the end of earlier requests of the key (ARGV from `first`): free their places, give back tokens
+# Numbers travel in one space-separated argument (each argument costs redis-py ~2.5 us to encode).
+# The ends of earlier requests of a key, on their own (no admission took them): ARGV[1] = refund, tpm
+# interval, day flag, month flag; ARGV[2..] the leases to free.
 _SETTLE_PART = """
-local function settle(first)
-  local refund, tpm_i = tonumber(ARGV[first]), tonumber(ARGV[first + 1])
-  for i = first + 4, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
+local function numbers(s)
+  local out = {}
+  for v in string.gmatch(s, '%S+') do out[#out + 1] = tonumber(v) end
+  return out
+end
+local function settle(n, at, first)
+  local refund, tpm_i = n[at], n[at + 1]
+  for i = first, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
   if refund ~= 0 then
     if tpm_i > 0 then
       local tt = tonumber(redis.call('HGET', KEYS[1], 't'))
       if tt then redis.call('HSET', KEYS[1], 't', string.format('%.6f', tt - refund * tpm_i)) end
     end
-    if ARGV[first + 2] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then redis.call('DECRBY', KEYS[3], refund) end
-    if ARGV[first + 3] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then redis.call('DECRBY', KEYS[4], refund) end
+    if n[at + 2] == 1 and redis.call('EXISTS', KEYS[3]) == 1 then redis.call('DECRBY', KEYS[3], refund) end
+    if n[at + 3] == 1 and redis.call('EXISTS', KEYS[4]) == 1 then redis.call('DECRBY', KEYS[4], refund) end
   end
 end
 """
 
-ADMIT = (
-    _SETTLE_PART
-    + """
-settle(10)
+# One script per admission, with the key's earlier ends folded in. ARGV[1]: rpm interval, tpm interval,
+# concurrency, cost, day budget, month budget, lease, window, then the ends: refund, their tpm
+# interval, day flag, month flag; ARGV[2]: this request's lease member ('' without concurrency);
+# ARGV[3..]: the leases the ends free. About 4 Redis calls for a key with rates only, 11 with all.
+ADMIT = """
+local n = {}
+for v in string.gmatch(ARGV[1], '%S+') do n[#n + 1] = tonumber(v) end
+local rpm_i, tpm_i, conc, cost, bday, bmonth, lease, window = n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8]
+local refund, r_tpm_i = n[9], n[10]
+local r_day, r_month = (n[11] == 1) and refund or 0, (n[12] == 1) and refund or 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rpm_i, tpm_i = tonumber(ARGV[1]), tonumber(ARGV[2])
-local conc, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
-local bday, bmonth = tonumber(ARGV[5]), tonumber(ARGV[6])
-local lease, window = tonumber(ARGV[8]), tonumber(ARGV[9])
+for i = 3, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
 local st = redis.call('HMGET', KEYS[1], 'r', 't')
-local rtat, ttat = tonumber(st[1]) or 0, tonumber(st[2]) or 0
-local refused, wait, n = '', 0, 0
+local rtat, ttat = tonumber(st[1]), tonumber(st[2])
+local dirty = false
+if ttat and refund ~= 0 and r_tpm_i > 0 then ttat = ttat - refund * r_tpm_i; dirty = true end
+rtat, ttat = rtat or 0, ttat or 0
+local refused, wait = '', 0
+local held = 0
 if conc > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if redis.call('ZCARD', KEYS[2]) >= conc then refused, wait = 'concurrent_requests', 1 end
+  held = redis.call('ZCARD', KEYS[2])
+  if held >= conc then refused, wait = 'concurrent_requests', 1 end
 end
 local nr, nt = rtat, ttat
 if refused == '' and rpm_i > 0 then
@@ -86,33 +101,37 @@ if refused == '' and tpm_i > 0 then
   local new = math.max(ttat, now) + math.min(cost * tpm_i, window)
   if new - now > window + 1e-9 then refused, wait = 'tokens_per_minute', new - now - window else nt = new end
 end
-if refused == '' and bday > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') + cost > bday then
-  refused = 'tokens_per_day'
+local dv, mv
+if bday > 0 or r_day ~= 0 then dv = redis.call('GET', KEYS[3]) end
+if bmonth > 0 or r_month ~= 0 then mv = redis.call('GET', KEYS[4]) end
+if refused == '' and bday > 0 and (tonumber(dv) or 0) - r_day + cost > bday then refused = 'tokens_per_day' end
+if refused == '' and bmonth > 0 and (tonumber(mv) or 0) - r_month + cost > bmonth then refused = 'tokens_per_month' end
+local ok = refused == ''
+if ok and (rpm_i > 0 or tpm_i > 0) then
+  redis.call('HSET', KEYS[1], 'r', string.format('%.6f', nr), 't', string.format('%.6f', nt))
+  redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(nr, nt) - now + window) * 1000))
+elseif dirty then
+  redis.call('HSET', KEYS[1], 't', string.format('%.6f', ttat))
 end
-if refused == '' and bmonth > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') + cost > bmonth then
-  refused = 'tokens_per_month'
+if ok and conc > 0 then
+  redis.call('ZADD', KEYS[2], now + lease, ARGV[2])
+  if held == 0 then redis.call('PEXPIRE', KEYS[2], math.ceil(lease * 2000)) end
 end
-if refused == '' then
-  if rpm_i > 0 or tpm_i > 0 then
-    redis.call('HSET', KEYS[1], 'r', string.format('%.6f', nr), 't', string.format('%.6f', nt))
-    redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(nr, nt) - now + window) * 1000))
+local function budget(key, value, delta, ttl)
+  if delta ~= 0 and (value or ok) then
+    if redis.call('INCRBY', key, delta) == delta and not value then redis.call('EXPIRE', key, ttl) end
   end
-  if conc > 0 then
-    redis.call('ZADD', KEYS[2], now + lease, ARGV[7])
-    redis.call('PEXPIRE', KEYS[2], math.ceil(lease * 2000))
-  end
-  if bday > 0 then redis.call('INCRBY', KEYS[3], cost); redis.call('EXPIRE', KEYS[3], 172800) end
-  if bmonth > 0 then redis.call('INCRBY', KEYS[4], cost); redis.call('EXPIRE', KEYS[4], 2764800) end
 end
+budget(KEYS[3], dv, (ok and bday > 0 and cost or 0) - r_day, 172800)
+budget(KEYS[4], mv, (ok and bmonth > 0 and cost or 0) - r_month, 2764800)
 return {refused, string.format('%.6f', wait), string.format('%.6f', math.max(nr - now, 0)),
         string.format('%.6f', math.max(nt - now, 0))}
 """
-)
 
 SETTLE = (
     _SETTLE_PART
     + """
-settle(1)
+settle(numbers(ARGV[1]), 1, 2)
 return 1
 """
 )
@@ -159,21 +178,16 @@ class _Ends:
         self.refund = 0
         self.members: list[str] = []
 
-    def args(self) -> list[Any]:
-        return [
-            self.refund,
-            self.tpm_i,
-            "1" if self.budget_day else "0",
-            "1" if self.budget_month else "0",
-            *self.members,
-        ]
+    def numbers(self) -> str:
+        """refund, tpm interval, day flag, month flag (the settle part of a script's first argument)."""
+        return f"{self.refund} {self.tpm_i!r} {int(self.budget_day)} {int(self.budget_month)}"
 
     def merge(self, other: _Ends) -> None:
         self.refund += other.refund
         self.members += other.members
 
 
-NO_ENDS = [0, 0, "0", "0"]
+NO_ENDS = "0 0 0 0"
 
 
 class RedisLimits:
@@ -215,16 +229,17 @@ class RedisLimits:
 
     async def _eval(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
         sha = SCRIPTS[name][1]
-        try:
-            return await client.evalsha(sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:  # a new or restarted Redis: it has not seen them
-            await self.load_scripts()
-            return await client.evalsha(sha, len(keys), *keys, *args)
+        async with asyncio.timeout(self.link.timeout_s):
+            try:
+                return await client.evalsha(sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:  # a new or restarted Redis: it has not seen them
+                await self.load_scripts()
+                return await client.evalsha(sha, len(keys), *keys, *args)
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD every script (on every primary of a Cluster)."""
         for text, _ in SCRIPTS.values():
-            await self.link.client.script_load(text)
+            await self.link.admin.script_load(text)
 
     # ------------------------------------------------------------------ the request path
 
@@ -257,20 +272,20 @@ class RedisLimits:
         keys = self._keys(key.num, now)
         member = f"{self.replica}:{next(self._seq)}" if rule.conc else ""
         ends = self._pending.pop(keys[2], None)  # earlier requests of this key that ended: same trip
-        args = [
-            rule.rpm_i,
-            rule.tpm_i,
-            rule.conc or 0,
-            reserve,
-            rule.budget_day or 0,
-            rule.budget_month or 0,
-            member,
-            LEASE_S,
-            WINDOW_S,
-            *(ends.args() if ends is not None else NO_ENDS),
-        ]
+        numbers = (
+            f"{rule.rpm_i!r} {rule.tpm_i!r} {rule.conc or 0} {reserve} {rule.budget_day or 0} "
+            f"{rule.budget_month or 0} {LEASE_S!r} {WINDOW_S!r} {ends.numbers() if ends is not None else NO_ENDS}"
+        )
+        args = [numbers, member, *(ends.members if ends is not None else ())]
+        # only the keys the script touches (fewer arguments to encode): state, leases, budgets
+        if rule.budgets or (ends is not None and (ends.budget_day or ends.budget_month)):
+            touched = keys
+        elif rule.conc or (ends is not None and ends.members):
+            touched = keys[:2]
+        else:
+            touched = keys[:1]
         try:
-            res = await self._eval(self.link.client, "admit", keys, args)
+            res = await self._eval(self.link.client, "admit", touched, args)
         except BaseException:
             if ends is not None:  # not applied: keep them for the next trip
                 self._add_ends(ends)
@@ -342,15 +357,23 @@ class RedisLimits:
             for attempt in (0, 1):
                 pipe = self.link.client.pipeline(transaction=False)
                 for ends in batch:
-                    pipe.evalsha(sha, len(ends.keys), *ends.keys, *ends.args())
-                results = await pipe.execute(raise_on_error=False)
-                missing = [
-                    b
-                    for b, r in zip(batch, results, strict=True)
-                    if isinstance(r, redis.exceptions.NoScriptError)
-                ]
-                if not missing or attempt:
+                    pipe.evalsha(sha, len(ends.keys), *ends.keys, ends.numbers(), *ends.members)
+                try:
+                    async with asyncio.timeout(self.link.timeout_s):
+                        results = await pipe.execute(raise_on_error=False)
+                    missing = [
+                        b
+                        for b, r in zip(batch, results, strict=True)
+                        if isinstance(r, redis.exceptions.NoScriptError)
+                    ]
+                except redis.exceptions.NoScriptError:  # a Cluster pipeline raises it whole
+                    missing = batch
+                if not missing:
                     return
+                if attempt:
+                    raise redis.exceptions.NoScriptError(
+                        "the settle script is still unknown after SCRIPT LOAD"
+                    )
                 await self.load_scripts()
                 batch = missing
         except ERRORS as exc:
@@ -385,7 +408,8 @@ class RedisLimits:
             for member, zset in list(self._open.items()):
                 pipe.evalsha(sha, 1, zset, member, LEASE_S)
             try:
-                results = await pipe.execute(raise_on_error=False)
+                async with asyncio.timeout(self.link.timeout_s):
+                    results = await pipe.execute(raise_on_error=False)
                 if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
                     await self.load_scripts()  # renewed at the next turn, well within the lease
             except ERRORS as exc:

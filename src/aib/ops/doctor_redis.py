@@ -4,7 +4,8 @@ is it set up for what the gateway keeps there, and does the running gateway reac
 * keys and limits need persistence (``appendonly yes``): a Redis restarted without it has forgotten
   every key (the gateways keep the keys in force meanwhile, but new replicas know none);
 * a cache needs a memory bound with an eviction policy (``maxmemory`` with ``allkeys-lru`` or
-  ``volatile-lru``: every entry has a TTL), else it grows until Redis refuses writes.
+  ``volatile-lru``: every entry has a TTL), else it grows until Redis refuses writes; one Redis that
+  holds keys too needs ``volatile-lru`` (keys have no TTL, so they are never evicted).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def redis_checks(plan: RoutingPlan, health: dict[str, Any] | None) -> list[Check
     settings = plan.redis
     if settings is None:
         return []
-    from aib.shared.link import ERRORS, describe_url, sync_client
+    from aib.shared.link import ERRORS, close_all, describe_url, sync_client
 
     uses = [
         u
@@ -43,7 +44,7 @@ def redis_checks(plan: RoutingPlan, health: dict[str, Any] | None) -> list[Check
     except ERRORS as exc:
         return [Check("redis", "fail", f"{where}: {exc}", data={"where": where})]
     finally:
-        client.close()
+        close_all(client)
     data = {"where": where, "version": version, "ping_ms": round(rtt_ms, 2), "used_for": uses}
     msg = f"{where}: Redis {version}, PING {rtt_ms:.1f} ms, holds {', '.join(uses) or 'nothing'}"
     seen = (health or {}).get("redis")
@@ -72,14 +73,19 @@ def _setup(client: Any, uses: list[str]) -> list[str]:
         conf.update(client.config_get("maxmemory*"))
     except redis.exceptions.ResponseError:  # CONFIG is renamed or not allowed to this user
         return ["CONFIG GET is not allowed: persistence and the memory bound were not checked"]
+    policy = str(conf.get("maxmemory-policy", ""))
     if "keys" in uses and conf.get("appendonly") != "yes":
         out.append("appendonly is off: a restart forgets every key (set appendonly yes)")
+    if "keys" in uses and policy.startswith("allkeys-"):
+        out.append(
+            f"maxmemory-policy {policy} can evict client keys: use volatile-lru (cache entries expire)"
+        )
     if "cache" in uses:
         if str(conf.get("maxmemory", "0")) == "0":
             out.append("maxmemory is 0: the cache grows without bound (set maxmemory and allkeys-lru)")
-        elif conf.get("maxmemory-policy") not in EVICTING:
+        elif policy not in EVICTING:
             out.append(
-                f"maxmemory-policy {conf.get('maxmemory-policy')}: a full Redis refuses new cache entries "
+                f"maxmemory-policy {policy}: a full Redis refuses new cache entries "
                 "(use allkeys-lru, or volatile-lru when it also holds keys)"
             )
     return out
