@@ -23,18 +23,18 @@ def build_stores(
     plan: RoutingPlan, keys_db: Path, slots: Slots | None, admin_key: Callable[[], str | None]
 ) -> tuple[RedisLink | None, Gate, ResponseCache]:
     link = None
-    if plan.redis is not None:
+    uses = tuple(
+        u
+        for u, on in (
+            ("keys", plan.auth.store == "redis"),
+            ("limits", plan.auth.store == "redis"),
+            ("cache", plan.cache_store.backend == "redis"),
+        )
+        if on
+    )
+    if plan.redis is not None and uses:  # a `redis:` section nothing uses opens no connection
         from aib.shared.link import RedisLink
 
-        uses = tuple(
-            u
-            for u, on in (
-                ("keys", plan.auth.store == "redis"),
-                ("limits", plan.auth.store == "redis"),
-                ("cache", plan.cache_store.backend == "redis"),
-            )
-            if on
-        )
         link = RedisLink(plan.redis, uses)
     if plan.auth.store == "redis" and link is not None:
         from aib.auth.redis_store import RedisKeyStore
