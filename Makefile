@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 EXTRAS := test,llamacpp,ui,bench
 # Debian packages the tests and services need; each is checked with dpkg -s and installed only if missing.
-APT_PACKAGES ?= prometheus wrk chromium systemd redis-server haproxy nginx
+APT_PACKAGES ?= prometheus wrk chromium systemd tinyproxy redis-server haproxy nginx
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1

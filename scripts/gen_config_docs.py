@@ -33,6 +33,7 @@ SECTIONS: tuple[tuple[str, str, type[BaseModel], tuple[str, ...]], ...] = (
     ("provider", "`providers.<name>`: one provider", ProvidersFile, PROVIDER_DEFS),
     ("provider-models", "`providers.<name>.models[]`: one model", ProvidersFile, ("ModelSpec",)),
     ("provider-health", "`providers.<name>.health`", ProvidersFile, ("HealthCheck",)),
+    ("provider-tls", "`providers.<name>.tls`", ProvidersFile, ("Tls",)),
     ("mappings-file", "`model-mappings.yaml`: top level", MappingsFile, ("MappingsFile",)),
     ("auth", "`auth`: client keys and limits", MappingsFile, ("Auth",)),
     ("defaults", "`defaults`", MappingsFile, ("Defaults",)),

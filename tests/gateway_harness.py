@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import selectors
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -260,7 +261,7 @@ class Reply:
     ``body_delay_s`` after the headers and before the first chunk, ``chunk_delay_s`` between chunks;
     ``reset_after`` resets the TCP connection (RST) after that many chunks (0: right after the
     headers); ``abort`` resets it before anything is sent; ``raw`` writes these bytes to the socket
-    instead of an HTTP answer, then closes it.
+    instead of an HTTP answer (a tuple: one part after another, ``chunk_delay_s`` apart), then closes it.
     Delays end early when the client goes away (recorded as :attr:`Received.disconnected`).
     """
 
@@ -274,7 +275,7 @@ class Reply:
     chunk_delay_s: float = 0.0
     reset_after: int | None = None
     abort: bool = False
-    raw: bytes | None = None
+    raw: bytes | tuple[bytes, ...] | None = None
 
     @classmethod
     def json(cls, obj: Any, status: int = 200, **kw: Any) -> Reply:
@@ -362,8 +363,10 @@ class ScriptedUpstream:
     ``health_body`` (with ``probe_status``, 200 by default) when set, and only after ``probe_delay_s``.
     """
 
-    def __init__(self, models: Iterable[str] = ("scripted",)) -> None:
+    def __init__(self, models: Iterable[str] = ("scripted",), tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: serve https with this server context (``base_url`` then names ``localhost``)."""
         self.models = list(models)
+        self.tls = tls
         self.healthy = True
         self.models_body: bytes | None = None
         self.health_body: bytes | None = None
@@ -382,7 +385,7 @@ class ScriptedUpstream:
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"https://localhost:{self.port}" if self.tls else f"http://{HOST}:{self.port}"
 
     def enqueue(self, *replies: Reply) -> ScriptedUpstream:
         with self._lock:
@@ -435,7 +438,7 @@ class ScriptedUpstream:
                 app.router.add_route("*", "/{tail:.*}", self._handle)
                 self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
                 await self._runner.setup()
-                site = web.TCPSite(self._runner, HOST, 0)
+                site = web.TCPSite(self._runner, HOST, 0, ssl_context=self.tls)
                 await site.start()
                 self.port = self._runner.addresses[0][1]
             except BaseException as exc:
@@ -539,7 +542,10 @@ class ScriptedUpstream:
             self._gone(rec)
             return web.Response(status=499)
         if reply.raw is not None:
-            transport.write(reply.raw)
+            for i, part in enumerate(reply.raw if isinstance(reply.raw, tuple) else (reply.raw,)):
+                if i and not await _sleep_unless_closed(transport, reply.chunk_delay_s):
+                    break
+                transport.write(part)
             transport.close()
             rec.finished = True
             return web.Response(status=499)  # never sent: the transport is closed

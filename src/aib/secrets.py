@@ -11,9 +11,11 @@ server's placeholder key ("none", "unused") is not one, and masking it would man
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
 
 MASK = "***"
 MIN_LEN = 8
@@ -48,6 +50,22 @@ class Scrubber:
             if v in text:
                 text = text.replace(v, MASK)
         return text
+
+
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def proxy_secrets() -> list[str]:
+    """The passwords of the upstream proxies in the environment, and their Proxy-Authorization
+    values (a proxy that echoes the request would show them)."""
+    out: list[str] = []
+    for raw in env_values(PROXY_VARS):
+        parts = urlsplit(raw if "://" in raw else f"http://{raw}")
+        if parts.password:
+            password = unquote(parts.password)
+            cred = f"{unquote(parts.username or '')}:{password}".encode()
+            out += [password, base64.b64encode(cred).decode()]
+    return out
 
 
 def env_values(names: Iterable[str | None]) -> list[str]:

@@ -1,4 +1,5 @@
-"""The gateway against the Ollama contract fake: /v1 passthrough, streams, discovery, health.
+"""The gateway against the Ollama contract fake: /v1 passthrough (``api: openai``), streams, discovery,
+health. The native API (the default, ``api: native``) is in test_outbound_ollama.py.
 
 Read-only checks use the session fixture ``fake_ollama``; checks that install or remove models or
 inject failures run their own fake.
@@ -54,6 +55,7 @@ def ollama_gateway(
         providers:
           ollama:
             type: ollama
+            api: openai
             base_url: {fake.base_url}
             discovery: true
             health: {{interval_s: {interval_s}, timeout_s: 2}}

@@ -367,3 +367,90 @@ def test_listening_exposed_needs_keys_and_an_admin_key(
     with running_gateway(open_plan, insecure) as rg:
         health = httpx.get(rg.base_url + "/health").json()  # no admin key: loopback may read it
         assert "--insecure-open" in health["warnings"][0] and "no admin key" in health["warnings"][0]
+
+
+def test_our_own_tools_work_with_keys_on(
+    gw: Any, store: SqliteKeyStore, up: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`aib health`, `aib monitor` and `aib doctor`'s gateway check read /health and /metrics with
+    $AIB_ADMIN_KEY; without it they say the gateway wants a key."""
+    handle = install_observability(
+        gw.gateway, ObserveSettings(request_log=None, access_log=False, writer="thread")
+    )
+    runner = CliRunner()
+    denied = runner.invoke(app, ["health", "-g", gw.base_url, "--json"], env={"AIB_ADMIN_KEY": ""})
+    assert denied.exit_code == 1
+    ok = runner.invoke(app, ["health", "-g", gw.base_url, "--json"], env={"AIB_ADMIN_KEY": ADMIN})
+    assert ok.exit_code in (0, 1) and json.loads(ok.stdout)["auth"]["mode"] == "keys"
+    frame = runner.invoke(app, ["monitor", "-g", gw.base_url, "--once", "--json", "--interval", "0.2"],
+                          env={"AIB_ADMIN_KEY": ADMIN})  # fmt: skip
+    assert frame.exit_code == 0, frame.output
+    assert "error" not in json.loads(frame.stdout) or not json.loads(frame.stdout)["error"]
+    from aib.ops.doctor import check_gateway
+
+    monkeypatch.setenv("AIB_ADMIN_KEY", ADMIN)
+    assert check_gateway(gw.base_url, gw.gateway.plan).status != "fail"
+    handle.close()
+
+
+def test_limits_survive_a_reload(
+    gw: Any, store: SqliteKeyStore, up: ScriptedUpstream, tmp_path: Path
+) -> None:
+    _, secret = store.create("ivy", rpm=3)
+    up.enqueue(Reply.chat(), Reply.chat())
+    c = client(gw, secret)
+    assert chat(c).headers["x-ratelimit-remaining-requests"] == "2"
+    new_plan, _ = plan_from_yaml(
+        tmp_path / "new",
+        providers(up),
+        MAPPINGS.replace("m-two:", "m-three: {provider: up, upstream: m-two}\n      m-two:"),
+    )
+    gw.call(_swap(gw.gateway, new_plan))
+    assert "m-three" in gw.gateway.plan.groups
+    assert chat(c).headers["x-ratelimit-remaining-requests"] == "1"  # the same bucket
+
+
+async def _swap(gateway: Any, plan: Any) -> None:
+    gateway.accept_plan(plan)
+    gateway.set_plan(plan)
+
+
+def test_every_door_asks_for_the_same_keys_in_its_own_error_shape(
+    gw: Any, store: SqliteKeyStore, up: ScriptedUpstream
+) -> None:
+    """Anthropic Messages, Ollama and OpenAI Responses clients: the same keys, models and limits, and
+    every refusal in the shape their SDK reads."""
+    import ollama
+
+    _, secret = store.create("jo", models=("m-one",), rpm=100)
+    # Anthropic: x-api-key; a bad key is an AuthenticationError with Anthropic's body
+    bad = anthropic.Anthropic(base_url=gw.base_url, api_key="sk-ant-nope-123456", max_retries=0, timeout=10)
+    with pytest.raises(anthropic.AuthenticationError) as exc:
+        bad.messages.create(model="m-one", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert exc.value.body["type"] == "error" and exc.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    good = anthropic.Anthropic(base_url=gw.base_url, api_key=secret, max_retries=0, timeout=10)
+    up.enqueue(Reply.chat("Hello from m-one."))
+    msg = good.messages.create(model="m-one", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert msg.content[0].text == "Hello from m-one."  # type: ignore[union-attr]
+    with pytest.raises(anthropic.PermissionDeniedError) as denied:
+        good.messages.create(model="secret-model", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+    # Ollama: a bearer header; errors as {"error": "..."}
+    with pytest.raises(ollama.ResponseError) as oexc:
+        ollama.Client(host=gw.base_url, timeout=10).list()
+    assert oexc.value.status_code == 401 and "Missing API key" in oexc.value.error
+    oc = ollama.Client(host=gw.base_url, timeout=10, headers={"authorization": f"Bearer {secret}"})
+    assert [m.model for m in oc.list().models] == ["m-one", "one"]  # its models (and their aliases) only
+    up.enqueue(Reply.chat("Hi from Ollama's door."))
+    assert (
+        oc.chat(model="m-one", messages=[{"role": "user", "content": "hi"}]).message.content
+        == "Hi from Ollama's door."
+    )
+    # OpenAI Responses: the same key, the rate headers too
+    up.enqueue(Reply.chat("Hi from Responses."))
+    raw = client(gw, secret).responses.with_raw_response.create(model="m-one", input="hi")
+    assert (
+        raw.parse().output_text == "Hi from Responses." and raw.headers["x-ratelimit-limit-requests"] == "100"
+    )
+    assert [r.key_name for r in gw.observer.records if r.status == 200] == ["jo", "jo", "jo"]
+    assert {r.door for r in gw.observer.records if r.status == 200} == {"anthropic", "ollama", "responses"}

@@ -158,7 +158,7 @@ def test_body_over_the_limit(routed_client: httpx.Client, up1: ScriptedUpstream,
         ("GET", "/v2/chat/completions"),
         ("POST", "/v1/chat"),
         ("GET", "/"),
-        ("POST", "/v1/responses"),
+        ("POST", "/v1/assistants"),
         ("GET", "/admin/nothing"),
     ],
 )

@@ -140,6 +140,7 @@ def test_upstream_keys_are_sent(
         providers:
           claude:
             type: anthropic
+            api: openai  # its OpenAI SDK compatibility endpoint (native: tests/contract/test_outbound_anthropic.py)
             base_url: {up1.base_url}
             api_key_env: AIB_TEST_ANTHROPIC_KEY
             models: [claude-x]

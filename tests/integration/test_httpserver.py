@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from aib.gateway.httpserver import MAX_HEAD_BYTES, ClientDisconnected, HttpServer
+from aib.gateway.httpserver import MAX_HEAD_BYTES, ClientDisconnected, HttpServer, ServerLimits
 from aib.gateway.server import serve_app
 
 pytestmark = pytest.mark.integration
@@ -98,10 +98,8 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def serving(
-    app: Any, keepalive_s: float = 5.0, head_timeout_s: float = 30.0
-) -> AsyncIterator[tuple[HttpServer, int]]:
-    server = HttpServer(app, keepalive_s=keepalive_s, head_timeout_s=head_timeout_s)
+async def serving(app: Any, **limits: Any) -> AsyncIterator[tuple[HttpServer, int]]:
+    server = HttpServer(app, ServerLimits(**limits))
     port = await server.start(host="127.0.0.1", port=0)
     try:
         yield server, port
@@ -386,3 +384,20 @@ async def test_serve_app_stops_on_its_event_and_reports_the_port() -> None:
     stop.set()
     await asyncio.wait_for(task, 5)
     assert app.events == ["lifespan.startup", "lifespan.shutdown"]
+
+
+async def test_a_request_sent_byte_by_byte_then_a_whole_one() -> None:
+    """A head and body that span many reads (parsed under the head limit, slice by slice), then an
+    ordinary request on the same connection (parsed whole again)."""
+    app = Recorder()
+    async with serving(app) as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for b in b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc":
+            writer.write(bytes([b]))
+            await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK") and await reader.readexactly(3) == b"abc"
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        assert (await asyncio.wait_for(reader.read(-1), 5)).endswith(b"\r\n\r\nok")
+        writer.close()
+    assert app.bodies == [b"abc", b"ok"]

@@ -180,7 +180,10 @@ def test_stop_signals_reach_the_gateway_not_the_writer(tmp_path: Path, clients: 
     c.start()
     pid = c.pid
     assert pid is not None
-    time.sleep(0.3)  # let it install its signal handlers
+    # a first row written means its main() ran, and main() ignores the signals first (a fixed sleep
+    # here was a race on a busy machine: the signal came before the writer had started)
+    c.request_done(make_record(request_id="r-first"))
+    assert c.flush(30.0)
     for sig in (signal.SIGINT, signal.SIGTERM):  # what Ctrl-C or a service stop sends the whole group
         os.kill(pid, sig)
     time.sleep(0.2)
@@ -188,7 +191,7 @@ def test_stop_signals_reach_the_gateway_not_the_writer(tmp_path: Path, clients: 
     for i in range(10):
         c.request_done(make_record(request_id=f"r{i}"))
     c.close()  # the gateway's shutdown: everything written, then the writer exits
-    assert gone(pid) and rows(db) == [(10,)] and c.dropped_total == 0
+    assert gone(pid) and rows(db) == [(11,)] and c.dropped_total == 0
 
 
 def test_a_writer_that_cannot_start_never_fails_a_request(

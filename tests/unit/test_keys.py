@@ -194,3 +194,34 @@ def test_access_cache_follows_plan_and_key(tmp_path: Path) -> None:
     assert cache.allows(some, "small", plan) and not cache.allows(some, "llama3", plan)
     changed = ClientKey("key_2", 2, "b", "p", "h", 0.0, models=("llama3",))
     assert cache.allows(changed, "llama3", plan) and not cache.allows(changed, "small", plan)
+
+
+async def test_an_unknown_key_makes_the_gate_read_the_store_again(store: SqliteKeyStore) -> None:
+    """A key made a moment ago (in another process) works at once: an unknown key reads the store once
+    more, concurrent misses share that read, and a miss right after a read waits for the next one
+    instead of being refused."""
+    import asyncio
+
+    from aib.auth.gate import MISS_REFRESH_S, AuthError, Gate
+
+    gate = Gate(lambda: store)
+    gate.open()
+    _, first = store.create("a")  # after the gate's snapshot
+    reads = 0
+    real = gate.reload_keys
+
+    def counting() -> bool:
+        nonlocal reads
+        reads += 1
+        return real()
+
+    gate.reload_keys = counting  # type: ignore[method-assign]
+    got = await asyncio.gather(*(gate.identify_fresh(first.encode()) for _ in range(5)))
+    assert {k.name for k in got} == {"a"} and reads == 1  # five misses, one read
+    _, second = store.create("b")  # right after that read
+    t0 = asyncio.get_running_loop().time()
+    assert (await gate.identify_fresh(second.encode())).name == "b"
+    assert reads == 2 and asyncio.get_running_loop().time() - t0 >= MISS_REFRESH_S * 0.9
+    with pytest.raises(AuthError) as exc:  # made up: refused after one more read
+        await gate.identify_fresh(b"sk-aib-made-up")
+    assert exc.value.code == "invalid_api_key" and reads == 3

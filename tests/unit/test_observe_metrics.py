@@ -340,6 +340,10 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
                     completion_tokens=None),
         make_record(status=0, client_disconnected=True, total_s=0.5, upstream_s=0.7),
         make_record("ollama/x", route="ollama/x", matched_by="pattern", rule="pattern #1 'ollama/*' -> ollama as 'x'"),
+        make_record(key_name="alice", prompt_tokens=4, completion_tokens=6),
+        make_record(key_name="alice", status=429, error_code="requests_per_minute", provider=None,
+                    prompt_tokens=None, completion_tokens=None),
+        make_record(key_name="bob", status=502, error_code="upstream_error", completion_tokens=None),
     ]  # fmt: skip
     ref = CollectorRegistry()
     rp = ("route", "provider")
@@ -383,6 +387,31 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
         ("provider", "outcome"),
         registry=ref,
     )
+    kreq = Counter(
+        "aib_key_requests", "Requests per client key, by HTTP status sent.", ("key", "status"), registry=ref
+    )
+    ktok = Counter(
+        "aib_key_tokens", "Tokens per client key, as upstreams reported them.", ("key", "type"), registry=ref
+    )
+    klim = Counter(
+        "aib_key_limited",
+        "Requests a client key's limit refused (429), by limit.",
+        ("key", "limit"),
+        registry=ref,
+    )
+    doors = Counter(
+        "aib_door_requests",
+        "Requests by the API the client spoke (openai, anthropic, ollama, responses), endpoint and status.",
+        ("door", "endpoint", "status"),
+        registry=ref,
+    )
+    cut = Counter(
+        "aib_prompt_truncated",
+        "Prompts an Ollama upstream cut to fit its context (num_ctx): raise the model's context_length.",
+        rp,
+        registry=ref,
+    )
+    records[1].door, records[2].door, records[5].prompt_truncated = "anthropic", "ollama", True
     rel = Counter("aib_config_reloads", "Configuration reloads by result.", ("result",), registry=ref)
     for res in m.RELOAD_RESULTS:
         rel.labels(res)
@@ -403,12 +432,22 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
             att.labels(a.provider, attempt_outcome(a)).inc()
         if len(r.attempts) > 1 or (r.attempts and r.attempts[-1].route != r.route):
             fb.labels(route).inc()
+        if r.key_name is not None:
+            kreq.labels(r.key_name, status_label(r)).inc()
+            if r.prompt_tokens is not None or r.completion_tokens is not None:
+                ktok.labels(r.key_name, "prompt").inc(r.prompt_tokens or 0)
+                ktok.labels(r.key_name, "completion").inc(r.completion_tokens or 0)
+            if r.status == 429 and r.error_code:
+                klim.labels(r.key_name, r.error_code).inc()
+        doors.labels(r.door, r.endpoint, status_label(r)).inc()
+        if r.prompt_truncated:
+            cut.labels(route, provider).inc()
     obs.reload_done("success")
 
     def exposed(text: str) -> dict[str, Any]:
         out = {}
         for f in text_string_to_metric_families(text):
-            if f.name.startswith("aib_") and not f.name.startswith(("aib_key_", "aib_cache_")) and not f.name.endswith("_created") and f.name not in {"aib_inflight_requests", "aib_provider_up",
+            if f.name.startswith("aib_") and not f.name.startswith("aib_cache_") and not f.name.endswith("_created") and f.name not in {"aib_inflight_requests", "aib_provider_up",
                                                            "aib_provider_probe_latency_seconds",
                                                            "aib_breaker_state", "aib_config_info"}:  # fmt: skip
                 samples = sorted(
@@ -422,7 +461,7 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
     from prometheus_client import generate_latest
 
     mine, theirs = exposed(obs.render()[0].decode()), exposed(generate_latest(ref).decode())
-    assert set(mine) == set(theirs) and len(mine) == 9
+    assert set(mine) == set(theirs) and len(mine) == 14
     for name in theirs:
         assert mine[name] == theirs[name], name
     text = obs.render()[0].decode()

@@ -301,7 +301,8 @@ def test_providers_and_targets(plan: RoutingPlan) -> None:
     assert compat.api_base == "http://127.0.0.1:9000/api/v2"
     assert compat.health_url == "http://127.0.0.1:9000/ping"
     ollama = plan.providers["ollama"]
-    assert ollama.api_base == "http://127.0.0.1:11434/v1"
+    assert ollama.api_base == "http://127.0.0.1:11434"  # native API (/api/chat) at the root
+    assert (ollama.wire, ollama.native_apis) == ("ollama", frozenset({"ollama"}))
     assert ollama.health_url == "http://127.0.0.1:11434/api/tags"
     assert ollama.discovery and ollama.models == ("llama3", "coder", "embed")
     assert set(plan.targets()) == {"ollama/llama3", "ollama/coder", "ollama/embed", "vllm/big", "lcpp/small"}

@@ -85,3 +85,12 @@ def test_an_exposed_listener_needs_keys_and_an_admin_key() -> None:
     no_admin = exposure_problem("0.0.0.0", "keys", False)
     assert no_admin is not None and "AIB_ADMIN_KEY" in no_admin
     assert exposure_problem("0.0.0.0", "keys", True) is None
+
+
+def test_proxy_credentials_are_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aib.secrets import proxy_secrets
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://lab%40user:s3cr%2Ft-passw0rd@proxy.lab:3128")
+    monkeypatch.setenv("http_proxy", "proxy.lab:3128")  # no credentials: nothing to hide
+    got = proxy_secrets()
+    assert got == ["s3cr/t-passw0rd", "bGFiQHVzZXI6czNjci90LXBhc3N3MHJk"]

@@ -433,7 +433,7 @@ def test_supervisor_argv_runs_the_module_with_its_settings(
     assert argv[:4] == [sys.executable, "-m", "aib.gateway.workers", "--supervise"]
     assert orjson.loads(argv[4]) == {
         "count": 3, "host": "127.0.0.1", "port": 4100, "config_dir": str(tmp_path),
-        "health_checks": False, "log_level": "debug", "drain_s": 5.0,
+        "health_checks": False, "log_level": "debug", "drain_s": 5.0, "insecure_open": False,
     }  # fmt: skip
     assert argv[5:] == ["--", "aib", "serve", "--workers", "3", "--port", "4100"]  # shown by `ps`
     other = supervisor_argv(2, "127.0.0.1", 4100, None, True, "info", 30.0)

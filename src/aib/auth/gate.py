@@ -19,11 +19,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aib.auth.access import AccessCache
-from aib.auth.keys import ADMIN, ClientKey, hash_secret
+from aib.auth.keys import ADMIN, ClientKey
 from aib.auth.store import KeyStore, SqliteKeyStore, Usage
 from aib.config.plan import RoutingPlan
 from aib.limits.budgets import day_and_month
@@ -78,7 +79,7 @@ class Gate:
         # limits in Redis, shared by replicas (auth.store: redis): admit_shared instead of admit
         self.remote = remote
         self.access = AccessCache()
-        self.keys: dict[bytes, ClientKey] = {}  # sha256 hex (ascii bytes) -> key
+        self.keys: dict[bytes, ClientKey] = {}  # sha256 digest -> key
         self.by_id: dict[str, ClientKey] = {}
         self.generation = -1
         self._usage: dict[tuple[int, str], Usage] = {}
@@ -121,7 +122,7 @@ class Gate:
                     )
                 return False
             self._warned.discard("emptied")
-            self.keys = {k.hash.encode(): k for k in keys}
+            self.keys = {bytes.fromhex(k.hash): k for k in keys}
             self.by_id = {k.id: k for k in keys}
             self.generation = gen
             return True
@@ -204,7 +205,7 @@ class Gate:
         admin = self.admin_key()
         if admin and hmac.compare_digest(token, admin.encode()):
             return ADMIN
-        key = self.keys.get(hash_secret(token).encode())
+        key = self.keys.get(sha256(token).digest())
         if key is None:
             raise AuthError(401, "Invalid API key: this gateway knows no such key.", "invalid_api_key")
         if key.revoked_at is not None or key.expires_at is not None:
@@ -219,9 +220,9 @@ class Gate:
 
     async def identify_fresh(self, token: bytes | None) -> ClientKey:
         """:meth:`identify`, reading the store once more first when the key is unknown: a key made a
-        moment ago works at once on every worker. Concurrent misses share one read; after a read, the
-        next one waits ``MISS_REFRESH_S`` (made-up keys cannot make the store busy). Only the refusal
-        path pays for it."""
+        moment ago works at once on every worker. Concurrent misses share one read, and reads are at
+        least ``MISS_REFRESH_S`` apart (a miss right after a read waits for the next one), so made-up
+        keys cannot make the store busy. Only the refusal path pays for it."""
         try:
             return self.identify(token)
         except AuthError as err:
@@ -229,17 +230,18 @@ class Gate:
                 raise
             task = self._refresh
             if task is None:
-                if time.monotonic() - self._refreshed_at < MISS_REFRESH_S:
-                    raise
-                task = self._refresh = asyncio.ensure_future(self._refresh_once())
+                wait = MISS_REFRESH_S - (time.monotonic() - self._refreshed_at)
+                task = self._refresh = asyncio.ensure_future(self._refresh_once(max(wait, 0.0)))
             try:
                 await asyncio.shield(task)
             except Exception:  # the store is unreadable: the snapshot stays, the refusal too
                 raise err from None
             return self.identify(token)
 
-    async def _refresh_once(self) -> None:
+    async def _refresh_once(self, delay: float) -> None:
         try:
+            if delay > 0:
+                await asyncio.sleep(delay)
             await asyncio.to_thread(self.reload_keys)
         finally:
             self._refreshed_at = time.monotonic()

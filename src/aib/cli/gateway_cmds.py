@@ -94,16 +94,16 @@ def serve(
 
     try:
         ObserveSettings.from_env()  # a bad AIB_* variable: one clear line, not a traceback
+        settings = GatewaySettings(
+            host=host,
+            port=port,
+            config_dir=Path(config_dir) if config_dir else None,
+            health_checks=not no_health_checks,
+            insecure_open=insecure_open,
+        )
     except ValueError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = GatewaySettings(
-        host=host,
-        port=port,
-        config_dir=Path(config_dir) if config_dir else None,
-        health_checks=not no_health_checks,
-        insecure_open=insecure_open,
-    )
     if engine is Engine.native:
         _check_exposure(settings)
     if workers > 1 and engine is not Engine.native:
@@ -147,9 +147,11 @@ def _check_exposure(settings: GatewaySettings) -> None:
     """Refuse to expose the gateway without keys and an admin key (docs/security.md), before anything
     starts; with --insecure-open, say loudly what that means."""
     from aib.config.compile import build_plan
-    from aib.gateway.guard import exposure_problem
+    from aib.gateway.guard import exposure_problem, is_loopback_host
     from aib.gateway.server import choose_config_dir
 
+    if is_loopback_host(settings.host):  # nothing to check: the config is read (once) by the server
+        return
     with config_errors():
         plan, _, _ = build_plan(choose_config_dir(settings.config_dir))
     problem = exposure_problem(settings.host, plan.auth.mode, settings.admin_key is not None)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 from aib.config.errors import ConfigIssue, Severity
 from aib.config.litellm_sdk import AdapterPython, find_adapter_python
 from aib.config.load import LoadedConfig
-from aib.config.schema import CAPABILITY_PREFIX, Deployment, MappingsFile, ProvidersFile
+from aib.config.schema import CAPABILITY_PREFIX, Deployment, MappingsFile, ProviderBase, ProvidersFile
 
 
 def glob_regex(glob: str) -> re.Pattern[str]:
@@ -106,10 +107,27 @@ class _Checker:
                     "authentication",
                     "warning",
                 )
+            self.check_tls(name, prov)
             names = [m.name for m in prov.models]
             for i, mname in enumerate(names):
                 if mname in names[:i]:
                     self.add("p", ("providers", name, "models", i), f"model {mname!r} is listed twice")
+
+    def check_tls(self, name: str, prov: ProviderBase) -> None:
+        ca = prov.tls.ca_file
+        if ca is not None:
+            path = Path(ca).expanduser()
+            if not path.is_absolute() and self.cfg.config_dir is not None:
+                path = self.cfg.config_dir / path
+            if not path.is_file():
+                self.add("p", ("providers", name, "tls", "ca_file"), f"no such file: {path}")
+        if not prov.tls.verify and prov.base_url.startswith("https:"):
+            self.add(
+                "p",
+                ("providers", name, "tls", "verify"),
+                f"certificates of {name!r} are not checked: anyone on the path can read its traffic and key",
+                "warning",
+            )
 
     def check_sdk_adapter(self, name: str) -> None:
         if self._adapter is None:

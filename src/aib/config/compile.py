@@ -14,6 +14,7 @@ from aib.config.plan import (
     DEFAULT_HEALTH_PATHS,
     CompiledPattern,
     Group,
+    ModelSettings,
     ProviderInfo,
     RouteCache,
     RoutingPlan,
@@ -45,9 +46,22 @@ def _sdk_options(name: str, prov: ProviderBase) -> SdkOptions | None:
     )
 
 
-def _provider_info(name: str, prov: ProviderBase) -> ProviderInfo:
+def _wire(ptype: str, prov: ProviderBase) -> tuple[str | None, frozenset[str]]:
+    """The outbound adapter of a provider and the front-door APIs it takes as sent."""
+    native = getattr(prov, "api", "openai") == "native"
+    wire = ptype if native and ptype in ("ollama", "anthropic") else None
+    apis = {wire} if wire else set()
+    if prov.responses_api if prov.responses_api is not None else ptype == "openai":
+        apis.add("responses")
+    return wire, frozenset(apis)
+
+
+def _provider_info(name: str, prov: ProviderBase, config_dir: Path | None = None) -> ProviderInfo:
     ptype: str = prov.type  # type: ignore[attr-defined]
+    wire, native_apis = _wire(ptype, prov)
     prefix = prov.api_prefix if isinstance(prov, OpenAICompatibleProvider) else "/v1"
+    if wire == "ollama":
+        prefix = ""  # /api/chat, /api/generate, /api/embed live at the server's root
     health_path = prov.health.endpoint or DEFAULT_HEALTH_PATHS[ptype]
     return ProviderInfo(
         name=name,
@@ -65,7 +79,28 @@ def _provider_info(name: str, prov: ProviderBase) -> ProviderInfo:
         description=prov.description,
         hardware=prov.hardware,
         sdk=_sdk_options(name, prov),
+        wire=wire,
+        native_apis=native_apis,
+        model_settings=MappingProxyType(
+            {
+                m.name: ModelSettings(m.context_length, m.keep_alive)
+                for m in prov.models
+                if m.context_length is not None or m.keep_alive is not None
+            }
+        ),
+        max_tokens=getattr(prov, "max_tokens", 4096),
+        proxy=prov.proxy,
+        ca_file=_config_path(prov.tls.ca_file, config_dir),
+        tls_verify=prov.tls.verify,
     )
+
+
+def _config_path(path: str | None, config_dir: Path | None) -> str | None:
+    """A path from the config: relative ones are read from the config folder."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() or config_dir is None else (config_dir / p).resolve())
 
 
 def _timeouts(base: Timeouts, route: Route) -> Timeouts:
@@ -115,7 +150,7 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
             raise ConfigError(errors)
     p, m = cfg.providers, cfg.mappings
     d = m.defaults
-    providers = {n: _provider_info(n, prov) for n, prov in p.providers.items()}
+    providers = {n: _provider_info(n, prov, cfg.config_dir) for n, prov in p.providers.items()}
 
     aliases: dict[str, str] = {}
     for name, route in m.models.items():

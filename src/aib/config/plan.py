@@ -42,6 +42,14 @@ DEFAULT_HEALTH_PATHS = {
 
 
 @dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """What the outbound adapters send for one upstream model (from providers.yaml)."""
+
+    context_length: int | None = None
+    keep_alive: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderInfo:
     name: str
     type: str
@@ -58,6 +66,16 @@ class ProviderInfo:
     description: str | None = None
     hardware: str | None = None
     sdk: SdkOptions | None = None  # type litellm_sdk: what the LiteLLM SDK adapter needs
+    # the outbound adapter (aib.gateway.outbound): "ollama" or "anthropic" for their native APIs,
+    # None for an OpenAI-compatible API (bytes passed through, nothing translated)
+    wire: str | None = None
+    # front-door APIs this provider takes as the client sent them: "ollama", "anthropic", "responses"
+    native_apis: frozenset[str] = frozenset()
+    model_settings: Mapping[str, ModelSettings] = field(default_factory=dict)  # upstream model -> settings
+    max_tokens: int = 4096  # Anthropic (native): max_tokens when a request gives none
+    proxy: str | None = None  # None: from the environment; "direct"; or an http:// URL
+    ca_file: str | None = None  # absolute path: trust only these CAs (https)
+    tls_verify: bool = True
 
 
 @dataclass(frozen=True, slots=True)

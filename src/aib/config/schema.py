@@ -73,8 +73,41 @@ class ModelSpec(Strict):
         description="What the model can do: chat, completion, embeddings, code, vision, tools, reasoning, "
         "long_context (free text is allowed for your own capabilities).",
     )
-    context_length: int | None = Field(None, gt=0, description="Context window in tokens, informational.")
+    context_length: int | None = Field(
+        None,
+        gt=0,
+        description="Context window in tokens. Ollama (native API): sent as options.num_ctx with every request "
+        "(Ollama's default context is 2048-4096 tokens and cuts longer prompts without an error); every "
+        "type: what Ollama's /api/show on the gateway reports.",
+    )
+    keep_alive: str | int | None = Field(
+        None,
+        description="Ollama only: how long the server keeps the model loaded after a request ('10m', "
+        "'24h', seconds, -1 for ever, 0 to unload at once); sent with every request unless the client "
+        "sets its own.",
+        examples=["30m"],
+    )
     description: str | None = None
+
+
+class Tls(Strict):
+    """Which certificates an https provider may present."""
+
+    ca_file: str | None = Field(
+        None,
+        description="PEM file of the CA certificates to trust for this provider instead of the system's "
+        "(a lab's internal CA). A relative path is read from the config folder.",
+        examples=["certs/lab-ca.pem"],
+    )
+    verify: bool = Field(
+        True,
+        examples=[False],
+        description="Check the server's certificate and host name. `false` accepts any certificate (a "
+        "test bench only: anyone on the path can read the traffic); `aib validate` warns.",
+    )
+
+
+PROXY_DIRECT = "direct"
 
 
 def _model_list(v: object) -> object:
@@ -103,8 +136,25 @@ class ProviderBase(Strict):
         description="Name of the environment variable holding the API key. The key never goes in the file.",
     )
     max_connections: int = Field(100, gt=0, le=10000, description="Pooled connections to this provider.")
+    proxy: str | None = Field(
+        None,
+        description="HTTP proxy for this provider: an http://host:port URL, or `direct` to never use one. "
+        "Unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment (loopback addresses never go "
+        "through an environment proxy). https providers are reached through a CONNECT tunnel. Proxy "
+        "credentials belong in the environment (HTTPS_PROXY=http://user:password@host:port), not here.",
+        examples=["http://proxy.lab.example:3128", "direct"],
+    )
+    tls: Tls = Field(
+        default_factory=Tls, description="TLS of an https provider: the CAs to trust, whether to check."
+    )
     hardware: str | None = Field(None, description="Hardware notes (GPU, VRAM), informational.")
     tags: tuple[str, ...] = Field((), description="Free labels, informational.")
+    responses_api: bool | None = Field(
+        None,
+        description="The server has OpenAI's Responses API (POST /v1/responses): requests to the gateway's "
+        "/v1/responses are passed on unchanged instead of translated to chat completions. Default: true for "
+        "type openai, false otherwise.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -127,6 +177,39 @@ class ProviderBase(Strict):
             raise ValueError("leave out the /v1 suffix; the gateway adds the API path itself")
         return v.rstrip("/")
 
+    @model_validator(mode="after")
+    def _native_settings(self) -> ProviderBase:
+        kind = getattr(self, "type", None)
+        if kind != "ollama":
+            with_keep_alive = [m.name for m in self.models if m.keep_alive is not None]
+            if with_keep_alive:
+                raise ValueError(f"keep_alive is an Ollama setting (models: {', '.join(with_keep_alive)})")
+        if self.responses_api and (getattr(self, "api", "openai") == "native" or kind == "litellm_sdk"):
+            raise ValueError(
+                "responses_api needs the server's OpenAI-compatible API: set `api: openai` (or leave "
+                "responses_api out)"
+            )
+        return self
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str | None) -> str | None:
+        if v is None or v == PROXY_DIRECT:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"give an http://host:port URL or `{PROXY_DIRECT}` (got {v!r})")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "no credentials in the file: put the proxy in HTTPS_PROXY / HTTP_PROXY "
+                "(http://user:password@host:port) and leave `proxy` unset"
+            )
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"bad port in {v!r}: {exc}") from None
+        return v.rstrip("/")
+
     @property
     def host_port(self) -> tuple[str, int]:
         parts = urlsplit(self.base_url)
@@ -135,9 +218,15 @@ class ProviderBase(Strict):
 
 
 class OllamaProvider(ProviderBase):
-    """An Ollama server: chat through its OpenAI-compatible /v1, discovery through /api/tags."""
+    """An Ollama server: requests through its native API (/api/chat, /api/generate, /api/embed, with
+    options.num_ctx from the model's context_length), discovery through /api/tags."""
 
     type: Literal["ollama"]
+    api: Literal["native", "openai"] = Field(
+        "native",
+        description="native: Ollama's own API, which honours num_ctx and keep_alive; openai: its "
+        "OpenAI-compatible /v1, which ignores num_ctx (prompts past the server's default context are cut).",
+    )
 
 
 class LlamaCppProvider(ProviderBase):
@@ -161,10 +250,20 @@ class OpenAIProvider(ProviderBase):
 
 
 class AnthropicProvider(ProviderBase):
-    """Anthropic through its OpenAI-compatible endpoint (/v1/chat/completions)."""
+    """Anthropic's Messages API (/v1/messages), called directly by the gateway."""
 
     type: Literal["anthropic"]
     base_url: str = "https://api.anthropic.com"
+    api: Literal["native", "openai"] = Field(
+        "native",
+        description="native: the Messages API (tools, system blocks, stop reasons, cache usage); openai: "
+        "Anthropic's OpenAI SDK compatibility endpoint (/v1/chat/completions).",
+    )
+    max_tokens: int = Field(
+        4096,
+        gt=0,
+        description="native: max_tokens sent when a request gives none (the Messages API requires it).",
+    )
 
 
 class OpenAICompatibleProvider(ProviderBase):

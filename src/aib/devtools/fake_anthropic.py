@@ -22,12 +22,20 @@ guide "Streaming Messages"):
   ``not_found_error``, 413 ``request_too_large``, 429 ``rate_limit_error`` (with ``retry-after``), 500
   ``api_error``, 529 ``overloaded_error``;
 * ``GET /v1/models`` lists ``{"type": "model", "id", "display_name", "created_at"}`` with ``has_more``,
-  ``first_id``, ``last_id``.
+  ``first_id``, ``last_id``;
+* tools (guide "Tool use"): ``tools`` are ``{"name", "description", "input_schema"}``; an answer calling
+  them has ``tool_use`` blocks (``{"type": "tool_use", "id": "toolu_...", "name", "input"}``) and
+  ``stop_reason: "tool_use"``; streamed, a tool_use block starts with ``"input": {}`` and its input
+  arrives as ``input_json_delta`` events (``partial_json`` pieces); every ``tool_use`` of an assistant
+  message needs a ``tool_result`` block (``tool_use_id``) in the next message, else 400;
+* ``POST /v1/messages/count_tokens`` answers ``{"input_tokens": N}`` for the same body without
+  ``max_tokens``.
 
 Text is fake and deterministic: :attr:`FakeAnthropic.reply` (default ``"Hello from fake Anthropic
 (<model>)."``), one token per word; token counts are word counts.
 
-Test controls (not part of the API): :meth:`FakeAnthropic.fail_next` (the next requests fail with an
+Test controls (not part of the API): :meth:`FakeAnthropic.enqueue_content` (the content blocks of the
+next answers, e.g. a ``tool_use``), :meth:`FakeAnthropic.fail_next` (the next requests fail with an
 Anthropic error), :meth:`FakeAnthropic.break_stream_after` (the next stream sends an ``error`` event
 after N deltas), :attr:`FakeAnthropic.requests` (method, path, headers, body of every request).
 
@@ -112,6 +120,7 @@ class FakeAnthropic:
         self.requests: list[Seen] = []
         self.port = 0
         self._failures: deque[_Failure] = deque()
+        self._script: deque[list[dict[str, Any]]] = deque()
         self._break_after: int | None = None
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -140,6 +149,12 @@ class FakeAnthropic:
                 ra = f"{retry_after:g}" if retry_after is not None else None
                 self._failures.append(_Failure(status, kind, text, ra))
 
+    def enqueue_content(self, *blocks: dict[str, Any]) -> None:
+        """The next answer's content: text blocks ``{"type": "text", "text"}`` and tool calls
+        ``{"type": "tool_use", "name", "input"}`` (ids are added)."""
+        with self._lock:
+            self._script.append([dict(b) for b in blocks])
+
     def break_stream_after(self, deltas: int) -> None:
         """The next stream sends an ``overloaded_error`` event after ``deltas`` text deltas, then ends."""
         self._break_after = deltas
@@ -152,6 +167,7 @@ class FakeAnthropic:
     def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_get("/v1/models", self._models)
         return app
 
@@ -256,21 +272,49 @@ class FakeAnthropic:
             self._validate(body)
         except _ApiError as err:
             return self._error(err)
-        tokens, stop_reason, stop_sequence = self._generate(body)
+        with self._lock:
+            script = self._script.popleft() if self._script else None
         usage_in = _count(body.get("system")) + sum(_count(m.get("content")) for m in body["messages"])
+        if script is not None:
+            content = [
+                {**b, "id": f"toolu_fake{next(self._ids):06d}"} if b.get("type") == "tool_use" else b
+                for b in script
+            ]
+            tool = any(b.get("type") == "tool_use" for b in content)
+            out_tokens = sum(
+                len(str(b.get("text", "")).split()) + (5 if b.get("type") == "tool_use" else 0)
+                for b in content
+            )
+            tokens: list[str] = []
+            stop_reason, stop_sequence = ("tool_use" if tool else "end_turn"), None
+        else:
+            tokens, stop_reason, stop_sequence = self._generate(body)
+            content, out_tokens = [{"type": "text", "text": "".join(tokens)}], len(tokens)
         message = {
             "id": f"msg_fake{next(self._ids):06d}",
             "type": "message",
             "role": "assistant",
             "model": body["model"],
-            "content": [{"type": "text", "text": "".join(tokens)}],
+            "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": stop_sequence,
-            "usage": {"input_tokens": usage_in, "output_tokens": len(tokens)},
+            "usage": {"input_tokens": usage_in, "output_tokens": out_tokens},
         }
         if not body.get("stream"):
             return web.json_response(message, headers={"request-id": self._request_id()})
-        return await self._stream(request, message, tokens)
+        return await self._stream(request, message)
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        try:
+            self._check_headers(request)
+            if isinstance(body, dict):
+                body = {**body, "max_tokens": 1}
+            self._validate(body)
+        except _ApiError as err:
+            return self._error(err)
+        tokens = _count(body.get("system")) + sum(_count(m.get("content")) for m in body["messages"])
+        return web.json_response({"input_tokens": tokens})
 
     def _validate(self, body: Any) -> None:
         if not isinstance(body, dict):
@@ -298,6 +342,12 @@ class FakeAnthropic:
                 raise _ApiError(
                     400, f"messages.{i}.content: Input should be a valid string or list of blocks"
                 )
+        _check_tool_pairs(messages)
+        for i, t in enumerate(body.get("tools") or []):
+            if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+                raise _ApiError(400, f"tools.{i}.name: Field required")
+            if t.get("type") in (None, "custom") and not isinstance(t.get("input_schema"), dict):
+                raise _ApiError(400, f"tools.{i}.custom.input_schema: Field required")
         system = body.get("system")
         if system is not None and not isinstance(system, str | list):
             raise _ApiError(400, "system: Input should be a valid string or list of text blocks")
@@ -317,9 +367,7 @@ class FakeAnthropic:
             return tokens[: body["max_tokens"]], "max_tokens", None
         return tokens, "end_turn", None
 
-    async def _stream(
-        self, request: web.Request, message: dict[str, Any], tokens: list[str]
-    ) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, message: dict[str, Any]) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={
                 "content-type": "text/event-stream; charset=utf-8",
@@ -335,30 +383,52 @@ class FakeAnthropic:
         start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
         start["usage"] = {"input_tokens": message["usage"]["input_tokens"], "output_tokens": 1}
         await event("message_start", {"type": "message_start", "message": start})
-        await event(
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        )
-        await event("ping", {"type": "ping"})
         broken, self._break_after = self._break_after, None
-        for i, tok in enumerate(tokens):
-            if broken is not None and i >= broken:
+        deltas = 0
+        for index, block in enumerate(message["content"]):
+            if block["type"] == "tool_use":
+                first = {**block, "input": {}}
                 await event(
-                    "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": first},
                 )
-                await resp.write_eof()
-                return resp
-            await event(
-                "content_block_delta",
-                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": tok}},
-            )
-        await event("content_block_stop", {"type": "content_block_stop", "index": 0})
+                text = json.dumps(block["input"], separators=(",", ":"))
+                for piece in (text[: len(text) // 2], text[len(text) // 2 :]):
+                    delta = {"type": "input_json_delta", "partial_json": piece}
+                    await event(
+                        "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+                    )
+            else:
+                await event(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
+                if index == 0:
+                    await event("ping", {"type": "ping"})
+                for tok in _tokens(block.get("text", "")):
+                    if broken is not None and deltas >= broken:
+                        await event(
+                            "error",
+                            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+                        )
+                        await resp.write_eof()
+                        return resp
+                    deltas += 1
+                    delta = {"type": "text_delta", "text": tok}
+                    await event(
+                        "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+                    )
+            await event("content_block_stop", {"type": "content_block_stop", "index": index})
         await event(
             "message_delta",
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]},
-                "usage": {"output_tokens": len(tokens)},
+                "usage": {"output_tokens": message["usage"]["output_tokens"]},
             },
         )
         await event("message_stop", {"type": "message_stop"})
@@ -375,9 +445,34 @@ def _tokens(text: str) -> list[str]:
     return tokens
 
 
+def _check_tool_pairs(messages: list[Any]) -> None:
+    """Every tool_use of an assistant message needs its tool_result in the next message."""
+    for i, m in enumerate(messages):
+        content = m.get("content") if isinstance(m, dict) else None
+        if m.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        ids = [b.get("id") for b in content if b.get("type") == "tool_use"]
+        if not ids:
+            continue
+        nxt = messages[i + 1].get("content") if i + 1 < len(messages) else None
+        answered = (
+            {b.get("tool_use_id") for b in nxt if isinstance(b, dict) and b.get("type") == "tool_result"}
+            if isinstance(nxt, list)
+            else set()
+        )
+        missing = [x for x in ids if x not in answered]
+        if missing:
+            raise _ApiError(
+                400,
+                f"messages.{i + 1}: `tool_use` ids were found without `tool_result` blocks immediately after: "
+                f"{', '.join(map(str, missing))}. Each `tool_use` block must have a corresponding `tool_result` "
+                "block in the next message.",
+            )
+
+
 def _count(content: Any) -> int:
     if isinstance(content, str):
         return len(content.split())
     if isinstance(content, list):
-        return sum(len(str(b.get("text", "")).split()) for b in content if isinstance(b, dict))
+        return sum(_count(b.get("text")) + _count(b.get("content")) for b in content if isinstance(b, dict))
     return 0

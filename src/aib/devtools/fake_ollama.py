@@ -4,7 +4,9 @@ It follows Ollama's own documentation and source, as of ollama/ollama v0.33.0-rc
 (commit fb30760996871fa9460115c753afd2c60d4ab0f7, 2026-08-21):
 
 * ``docs/api.md`` - native API: ``GET /api/tags`` ("List Local Models"), ``GET /api/ps`` ("List Running
-  Models"), ``POST /api/show``, ``POST /api/pull``, ``DELETE /api/delete``, ``GET /api/version``;
+  Models"), ``POST /api/show``, ``POST /api/pull``, ``DELETE /api/delete``, ``GET /api/version``; and
+  inference (``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``) in
+  :mod:`aib.devtools.fake_ollama_native`;
 * ``docs/api/openai-compatibility.mdx`` - the ``/v1`` endpoints and the fields they support;
 * ``docs/api/errors.mdx`` - native errors are ``{"error": "<message>"}`` with a 4xx/5xx status;
 * ``server/routes.go`` - routes (``GET /`` answers ``Ollama is running``), handlers and the exact error
@@ -57,6 +59,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+
+from aib.devtools.fake_ollama_native import NativeInference
 
 DEFAULT_VERSION = "0.33.0"
 KEEP_ALIVE = timedelta(minutes=5)
@@ -222,7 +226,7 @@ async def _gin_not_found(
         return web.Response(status=404, text="404 page not found", content_type="text/plain")
 
 
-class FakeOllama:
+class FakeOllama(NativeInference):
     """An in-process Ollama look-alike on 127.0.0.1 (see the module docstring for the contract)."""
 
     def __init__(
@@ -245,6 +249,7 @@ class FakeOllama:
         self.token_delay = token_delay
         self.requests: list[tuple[str, str]] = []
         self._failures: list[tuple[int, str]] = []
+        self._init_native()
         self.host = "127.0.0.1"
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -298,6 +303,9 @@ class FakeOllama:
         with self._lock:
             return self._failures.pop(0) if self._failures else None
 
+    def _embed_vector(self, model: str, text: str, dims: int) -> list[float]:
+        return _embedding(model, text, dims)
+
     def _reply_text(self, model: str, messages: list[dict[str, Any]]) -> str:
         if self.reply is None:
             return f"Hello from fake Ollama ({model})."
@@ -329,6 +337,7 @@ class FakeOllama:
         r.add_get("/v1/models/{model}", self._v1_model)
         r.add_post("/_fake/pull", self._fake_pull)
         r.add_post("/_fake/remove", self._fake_remove)
+        self.add_native_routes(app)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:

@@ -13,12 +13,21 @@ A :class:`Door` is stateless and built once; :meth:`Door.open` makes the per-req
    goes out through ``exchange.send`` like any other error.
 
 The OpenAI door itself has no exchange (``Door.open`` returns None): its bytes pass through as they are.
+
+The payload a door decodes is a :class:`DoorPayload`: a plain dict to everything on the request path,
+carrying the request as the client sent it (:class:`Native`). An outbound adapter whose upstream
+speaks the door's own API (Anthropic to Anthropic, Ollama to Ollama, Responses to an upstream with a
+Responses API) sends that instead of a translation, and marks the exchange's answer as already in the
+door's shape (``Native.raw``): nothing is lost in translation, unknown fields included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from aib.gateway.errors import GatewayError
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Scope = dict[str, Any]
@@ -40,3 +49,27 @@ class Door(Protocol):
     def open(self, scope: Scope, send: Send) -> DoorExchange | None:
         """The exchange of one request (None: answers pass through unchanged)."""
         ...
+
+
+@dataclass(slots=True)
+class Native:
+    """A request as its client sent it, for an upstream that speaks the same API."""
+
+    api: str  # "anthropic" | "ollama" | "responses"
+    path: str  # the API's endpoint, relative to its base: "messages", "api/chat", "responses", ...
+    body: dict[str, Any]
+    # what the translation to the OpenAI shape could not carry: refused (the first of them, a 400)
+    # when the request is routed to an upstream that does not speak `api`
+    problems: list[GatewayError] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)  # passed to a same-API upstream (anthropic-beta)
+    raw: bool = False  # set by the outbound adapter of each attempt: the answer is in the door's shape
+
+
+class DoorPayload(dict[str, Any]):
+    """The internal (OpenAI-shaped) request of a front door, with the request as sent (``native``)."""
+
+    __slots__ = ("native",)
+
+    def __init__(self, payload: dict[str, Any], native: Native) -> None:
+        super().__init__(payload)
+        self.native = native

@@ -22,6 +22,7 @@ import socket
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import yaml
 from aib.config.compile import build_plan, compile_plan
 from aib.config.load import LoadedConfig, load_from_bytes
 from aib.config.plan import RoutingPlan
+from aib.config.schema import Auth
 from aib.engines.litellm import (
     LIVE_PATH,
     MASTER_KEY_ENV,
@@ -150,11 +152,16 @@ def front_sources(port: int, key_env: str | None = None) -> tuple[bytes, bytes]:
     return yaml.safe_dump(providers).encode(), yaml.safe_dump(mappings).encode()
 
 
-def front_plan(port: int, key_env: str | None = None) -> tuple[RoutingPlan, LoadedConfig]:
+def front_plan(
+    port: int, key_env: str | None = None, auth: Auth | None = None
+) -> tuple[RoutingPlan, LoadedConfig]:
+    """The front's plan: everything to LiteLLM on ``port``; ``auth``: the real configuration's (the
+    front checks client keys and limits, LiteLLM never sees them)."""
     cfg = load_from_bytes(
         *front_sources(port, key_env), names=("(front) providers.yaml", "(front) model-mappings.yaml")
     )
-    return compile_plan(cfg), cfg
+    plan = compile_plan(cfg)
+    return (replace(plan, auth=auth) if auth is not None else plan), cfg
 
 
 class LiteLLMFront:
@@ -178,6 +185,7 @@ class LiteLLMFront:
         self.ready_timeout_s, self.drain_s = ready_timeout_s, drain_s
         self.workdir = Path(tempfile.mkdtemp(prefix="aib-litellm-front-"))
         self.gateway: Gateway | None = None
+        self.real_plan: RoutingPlan | None = None
         self.current: LiteLLMProcess | None = None
         self.version = ""
         self.generation = 0
@@ -214,7 +222,8 @@ class LiteLLMFront:
         # requests already sent to the old LiteLLM hold connections of its pool: that is what drains
         old_pool = self.gateway.pool.pool_of(PROVIDER) if self.gateway is not None else None
         if self.gateway is not None:
-            self.gateway.set_plan(front_plan(proc.port, self.key_env)[0])
+            auth = self.real_plan.auth if self.real_plan is not None else None
+            self.gateway.set_plan(front_plan(proc.port, self.key_env, auth)[0])
         if old is not None:
             self.draining[old_gen] = (old, old_pool)
             task = asyncio.get_running_loop().create_task(self._retire(old_gen, old, old_pool))
@@ -257,7 +266,9 @@ class LiteLLMFront:
         """List the real configuration's models (``/v1/models``, ``/v1/models/ID``), add
         ``GET /admin/litellm``, stop every LiteLLM when the front stops."""
         self.gateway, self.real_plan = gateway, real_plan
-        gateway.catalog = lambda: self.real_plan.public_models()
+        gateway.catalog = lambda: (
+            real_plan.public_models() if self.real_plan is None else self.real_plan.public_models()
+        )
 
         async def status(scope: Scope, receive: Receive, send: Send) -> None:
             if not await gateway.check_admin(scope, send):
@@ -363,7 +374,7 @@ def start_front(
     except TargetError as exc:
         raise EngineError(str(exc)) from None
     assert front.current is not None
-    fplan, fcfg = front_plan(front.current.port, front.key_env)
+    fplan, fcfg = front_plan(front.current.port, front.key_env, plan.auth)
     return fplan, fcfg, plan, first
 
 

@@ -25,12 +25,13 @@ from aib.auth.store import default_path
 from aib.config.load import LoadedConfig
 from aib.config.plan import RoutingPlan
 from aib.doors.base import Door
+from aib.doors.install import install_doors
 from aib.gateway.cache_admin import install_cache_admin
 from aib.gateway.errors import GatewayError, envelope, model_not_found
 from aib.gateway.guard import admin_verdict, exposure_problem
 from aib.gateway.health import HealthMonitor
 from aib.gateway.key_admin import install_key_admin
-from aib.gateway.proxy import ClientGone, Proxy, parse_request
+from aib.gateway.proxy import ClientGone, Proxy, check_model_length, parse_request
 from aib.gateway.respond import JSON, Receive, Scope, Send, read_body, send_error, send_json
 from aib.gateway.settings import GatewaySettings
 from aib.gateway.stores import build_stores, restart_needed
@@ -40,7 +41,7 @@ from aib.limits.limiter import LimitExceeded, Ticket
 from aib.limits.slots import Slots
 from aib.observe.records import Observer, RequestRecord
 from aib.routing.state import RuntimeState
-from aib.secrets import Scrubber, env_values
+from aib.secrets import Scrubber, env_values, proxy_secrets
 
 log = logging.getLogger("aib.gateway")
 
@@ -67,7 +68,7 @@ class Gateway:
         if config is not None:
             b = config.mappings.defaults.breaker
             self.state.configure_breakers(b.failure_threshold, b.cooldown_s)
-        self.pool = UpstreamPool()
+        self.pool = UpstreamPool(settings.upstream_max_head_bytes, settings.upstream_max_headers)
         # secret values masked in everything the gateway emits (aib.secrets): provider keys, the
         # admin key, and what other parts add to `extra_secrets` (the SDK adapter's token)
         self.extra_secrets: list[str] = []
@@ -97,11 +98,15 @@ class Gateway:
         self.catalog: Callable[[], list[tuple[str, str]]] | None = None
         self._routes: dict[str, dict[str, Handler]] = {}
         self._prefixed: list[tuple[str, Handler]] = []  # path prefixes (/admin/keys/ID/...)
+        # (path prefix, status + OpenAI error object -> body): the error shape of another API, for the
+        # answers the dispatcher gives before a door's own handler runs (a missing key, a 404)
+        self.error_shapes: list[tuple[str, Callable[[int, dict[str, Any]], bytes]]] = []
         # path -> (endpoint, front door; None: OpenAI), served before any other lookup
         self._proxied: dict[str, tuple[str, Door | None]] = {}
         for ep in PROXIED:
             for prefix in ("/v1/", "/"):
                 self.add_door(prefix + ep, ep, None)
+        install_doors(self)  # Anthropic Messages, OpenAI Responses, Ollama (aib.doors)
         for prefix in ("/v1", ""):
             self._routes[prefix + "/models"] = {"GET": Gateway.models}
         self._routes["/health"] = {"GET": Gateway.health_full}
@@ -173,10 +178,10 @@ class Gateway:
                 log.warning("key store %s: %s; not ready until the keys are read", self.gate.store_name, exc)
 
     def refresh_secrets(self) -> None:
-        """Read the secret values again (a reload re-reads the environment)."""
+        """Read the secret values again: provider keys, the admin key, proxy credentials."""
         names = [p.api_key_env for p in self.base_plan.providers.values()]
         names.append(self.settings.admin_key_env)
-        self.scrubber.update([*env_values(names), *self.extra_secrets])
+        self.scrubber.update([*env_values(names), *proxy_secrets(), *self.extra_secrets])
 
     def warnings(self) -> list[str]:
         """What /health says is unsafe about how this gateway runs."""
@@ -287,7 +292,7 @@ class Gateway:
             try:  # with keys on, nothing else answers without one (not even "unknown path")
                 self.client(scope)
             except AuthError as denied:
-                await send_error(send, auth_error(denied))
+                await self.send_shaped(scope, send, auth_error(denied))
                 return
         methods = self._routes.get(path)
         if methods is None:
@@ -308,7 +313,8 @@ class Gateway:
                     err.headers["allow"] = "GET"
                     await send_error(send, err)
                 return
-            await send_error(
+            await self.send_shaped(
+                scope,
                 send,
                 GatewayError(
                     404,
@@ -358,6 +364,8 @@ class Gateway:
             # x-request-id that does not parse as a UUID
             rid = f"{self._rid_prefix}{next(self._rid_counter):012x}"
         record = RequestRecord(request_id=rid, endpoint=endpoint, model="", started_at=time.time())
+        if door is not None:
+            record.door = door.name
         t0 = time.perf_counter()
         self.inflight += 1
         key: ClientKey | None = None
@@ -373,9 +381,13 @@ class Gateway:
             if self.keep_bodies:
                 record.request_body = body
             if exchange is None:
-                payload, record.model, record.stream = parse_request(endpoint, body)
+                payload, record.model, record.stream = parse_request(
+                    endpoint, body, self.settings.max_model_chars
+                )
             else:
-                payload, record.model, record.stream = exchange.decode(body)
+                payload, model, record.stream = exchange.decode(body)
+                check_model_length(model, self.settings.max_model_chars)
+                record.model = model
             if self.scrubber.values:  # a secret pasted as a model name never reaches a log
                 record.model = self.scrubber.text(record.model)
             if key is not None:  # may: this model, within these limits (here, or in Redis)
@@ -606,6 +618,16 @@ class Gateway:
             await send_error(send, model_not_found(model, self.plan.suggestions(model)))
             return
         await send_json(send, 200, orjson.dumps(res.explain()))
+
+    async def send_shaped(self, scope: Scope, send: Send, err: GatewayError) -> None:
+        """``err`` in the error shape of the API its path belongs to (OpenAI's unless a door said)."""
+        path = scope["path"]
+        for prefix, shape in self.error_shapes:
+            if path.startswith(prefix):
+                body = shape(err.status, {"message": err.message, "type": err.type, "code": err.code})
+                await send_error(send, err, body=body)
+                return
+        await send_error(send, err)
 
     async def check_admin(self, scope: Scope, send: Send) -> bool:
         """Whether the request may use the admin API (docs/security.md); answers 401/403 if not."""

@@ -10,7 +10,12 @@ What it takes care of:
 - a pooled connection found dead before any response byte is replaced once, transparently;
 - ``Content-Length``, chunked and read-until-close bodies; ``Connection: close`` honoured;
 - back-pressure: reading pauses while a stream's unread buffer is large;
-- a cap on buffered (non-stream) bodies; TLS for https upstreams; TCP_NODELAY (uvloop's default).
+- a cap on buffered (non-stream) bodies; TLS for https upstreams; TCP_NODELAY (uvloop's default);
+- a cap on the answer's head (bytes, counted as they arrive, and header lines): a flood of headers is
+  a quick ProtocolError, never seconds of joining repeated values; interim ``1xx`` answers (``100``,
+  ``103``) are skipped, ``101`` is a ProtocolError;
+- an HTTP proxy from the provider's ``proxy`` or the environment, a CA bundle per provider
+  (:mod:`aib.gateway.egress`).
 Timeouts live on the connection, one timer at a time, and raise :class:`TimeoutError`: a deadline
 for the answer (``request(deadline=...)``, moved later with :meth:`Response.set_deadline`) and, for
 streams, an idle limit between chunks (:meth:`Response.set_idle_timeout`) checked by one timer per
@@ -28,6 +33,8 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httptools
+
+from aib.gateway.egress import Egress, Proxy, ProxyError, choose_proxy, open_tunnel, tls_context
 
 MAX_BODY = 64 * 1024 * 1024
 PROBE_MAX_BODY = 16 * 1024 * 1024  # a model list (Ollama's /api/tags of hundreds of models is ~200 KB)
@@ -55,8 +62,10 @@ class _Conn(asyncio.Protocol):
         "_deadline",
         "_deadline_at",
         "_error",
+        "_head_bytes",
         "_headers_done",
         "_paused",
+        "_repeats",
         "_timer",
         "_waiter",
         "activity",
@@ -95,6 +104,8 @@ class _Conn(asyncio.Protocol):
         self._buf: list[bytes] = []
         self._buffered = 0
         self._headers_done = False
+        self._head_bytes = 0
+        self._repeats = 0  # header lines folded into an earlier one of the same name
         self._complete = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -115,8 +126,22 @@ class _Conn(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(ProtocolError(f"malformed HTTP response: {exc}"))
-            assert self.transport is not None
+            if isinstance(exc.__context__, _TooManyHeaders):
+                self._broken(f"more than {self.pool.max_headers} header lines in the answer")
+            else:
+                self._broken(f"malformed HTTP response: {exc}")
+            return
+        except httptools.HttpParserUpgrade:
+            self._broken("the upstream switched protocols (101); an HTTP answer was expected")
+            return
+        if not self._headers_done:  # a head that spans reads: count it (the read that ends it is bounded)
+            self._head_bytes += len(data)
+            if self._head_bytes > self.pool.max_head_bytes and not self.lost:
+                self._broken(f"the answer's headers exceed {self.pool.max_head_bytes} bytes")
+
+    def _broken(self, message: str) -> None:
+        self._fail(ProtocolError(message))
+        if self.transport is not None:
             self.transport.abort()
 
     def eof_received(self) -> bool | None:
@@ -138,10 +163,23 @@ class _Conn(asyncio.Protocol):
         key = name.lower().decode("latin-1")
         v = value.decode("latin-1")
         prev = self.headers.get(key)
-        self.headers[key] = v if prev is None else f"{prev}, {v}"
+        if prev is None:
+            self.headers[key] = v
+        else:  # joined as RFC 9110 says; each join copies, so their number is bounded
+            self._repeats += 1
+            if self._repeats + len(self.headers) > self.pool.max_headers:
+                raise _TooManyHeaders()
+            self.headers[key] = f"{prev}, {v}"
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if status < 200:
+            if status == 101:  # the parser stops at an upgrade: data_received reports it
+                return
+            self.headers = {}  # 100 Continue, 103 Early Hints, ...: the real answer follows
+            self._repeats = 0
+            return  # its bytes still count against the head limit: endless 1xx answers end too
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         te = self.headers.get("transfer-encoding", "")
         self.until_close = "content-length" not in self.headers and "chunked" not in te.lower()
@@ -159,6 +197,8 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if not self.status:  # the end of an interim 1xx answer (its status is never kept)
+            return
         self._complete = True
         self._wake()
 
@@ -252,6 +292,10 @@ class _Conn(asyncio.Protocol):
             await self._wait()
 
 
+class _TooManyHeaders(Exception):
+    pass
+
+
 def _expire(fut: asyncio.Future[None], limit: int) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError(f"all {limit} connections busy until the deadline"))
@@ -317,8 +361,12 @@ class Response:
 class Pool:
     """Keep-alive connections to one upstream (scheme, host and port of ``base_url``)."""
 
-    def __init__(self, base_url: str, limit: int = 100, idle_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, limit: int = 100, idle_timeout_s: float = 30.0, egress: Egress | None = None
+    ) -> None:
         parts = urlsplit(base_url)
+        egress = egress or Egress()
+        self.egress = egress
         self.host = parts.hostname or "127.0.0.1"
         self.tls = parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
@@ -327,16 +375,35 @@ class Pool:
         self.prefix = parts.path.rstrip("/")
         self.limit = limit
         self.idle_timeout_s = idle_timeout_s
+        self.max_head_bytes = egress.max_head_bytes
+        self.max_headers = egress.max_headers
         self._idle: collections.deque[_Conn] = collections.deque()
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
+        self._ssl: ssl.SSLContext | None = None
+        self.proxy: Proxy | None = None
+        self._setup_error: str | None = None  # a bad proxy URL or CA file: every request says so
+        try:
+            self.proxy = choose_proxy(base_url, egress.proxy)
+            if self.tls:
+                self._ssl = tls_context(egress.ca_file, egress.tls_verify)
+        except (ValueError, OSError, ssl.SSLError) as exc:
+            self._setup_error = str(exc)
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def request_head(self, method: str, path: str, headers: dict[str, str]) -> bytes:
-        """The fixed start of a request: request line, Host and the given headers (no length yet)."""
-        lines = [f"{method} {self.prefix}{path} HTTP/1.1", f"host: {self.host_header}"]
+        """The fixed start of a request: request line, Host and the given headers (no length yet).
+        Through a proxy, an http upstream gets the absolute form of the target and the proxy's
+        credentials (an https one is reached through a tunnel: nothing changes)."""
+        target = f"{self.prefix}{path}"
+        proxy = self.proxy
+        lines = []
+        if proxy is not None and not self.tls:
+            target = f"http://{self.host_header}{target}"
+            if proxy.authorization:
+                lines.append(f"proxy-authorization: {proxy.authorization}")
+        lines = [f"{method} {target} HTTP/1.1", f"host: {self.host_header}", *lines]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
@@ -380,9 +447,7 @@ class Pool:
         For health probes and model discovery: off the request path, so nothing is cached."""
         loop = self._loop()
         deadline = loop.time() + timeout_s
-        lines = [f"GET {self.prefix}{target} HTTP/1.1", f"host: {self.host_header}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        head = self.request_head("GET", target, headers)
         resp = await self.request(head, b"", b"", timeout_s, deadline)
         try:
             resp.set_deadline(deadline)
@@ -396,6 +461,8 @@ class Pool:
     ) -> tuple[_Conn, bool]:
         if self.closed:
             raise ConnectError("the connection pool was closed (provider removed)")
+        if self._setup_error is not None:
+            raise ConnectError(self._setup_error)
         now = time.monotonic()
         while self._idle and not fresh:
             conn = self._idle.pop()  # most recently used: warmest, least likely closed
@@ -422,30 +489,43 @@ class Pool:
                 return await self._acquire(connect_timeout_s, False, deadline)
         self._open += 1
         loop = self._loop()
+        via = f" through the proxy {self.proxy.where}" if self.proxy is not None else ""
         try:
             async with asyncio.timeout(connect_timeout_s):
-                _, proto = await loop.create_connection(
-                    lambda: _Conn(self),
-                    self.host,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self.host if self.tls else None,
-                )
+                proto = await self._connect(loop)
         except TimeoutError:
             self._open -= 1
             self._wake_one()
             raise ConnectError(
-                f"connect to {self.host}:{self.port} timed out after {connect_timeout_s:g}s"
+                f"connect to {self.host}:{self.port}{via} timed out after {connect_timeout_s:g}s"
             ) from None
-        except OSError as exc:
+        except (OSError, ProxyError) as exc:  # ssl.SSLError is an OSError
             self._open -= 1
             self._wake_one()
-            raise ConnectError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
+            detail = getattr(exc, "strerror", None) or exc
+            raise ConnectError(f"cannot connect to {self.host}:{self.port}{via}: {detail}") from None
         except BaseException:
             self._open -= 1
             self._wake_one()
             raise
         return proto, False
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Conn:
+        proxy = self.proxy
+        if proxy is None:
+            _, proto = await loop.create_connection(
+                lambda: _Conn(self),
+                self.host,
+                self.port,
+                ssl=self._ssl,
+                server_hostname=self.host if self.tls else None,
+            )
+            return proto
+        if not self.tls:  # requests go to the proxy in absolute form (request_head)
+            _, proto = await loop.create_connection(lambda: _Conn(self), proxy.host, proxy.port)
+            return proto
+        assert self._ssl is not None
+        return await open_tunnel(loop, lambda: _Conn(self), proxy, self.host, self.port, self._ssl)
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         if self.loop is None:
@@ -495,7 +575,9 @@ class Pool:
         while self._idle:
             conn = self._idle.pop()
             if conn.transport is not None:
-                conn.transport.close()
+                # TLS: no close_notify round trip (it could outlive the loop at shutdown); an idle
+                # keep-alive connection has nothing to truncate
+                conn.transport.abort() if self.tls else conn.transport.close()
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from aib.config.plan import Group, ProviderInfo, Resolution, RoutingPlan, Target
+from aib.gateway import outbound
 from aib.gateway.disconnect import DisconnectWatch, Notify
 from aib.gateway.errors import GatewayError, bad_request, envelope, model_not_found, upstream_failed
 from aib.gateway.httpclient import ConnectError, Response, UpstreamError
@@ -39,10 +40,11 @@ REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
 }
 STREAMABLE = frozenset({"chat/completions", "completions"})
 SSE_DONE = b"data: [DONE]"
-WATCH_AFTER_S = 1.0
+WATCH_AFTER_S = 1.0  # a request still running after this long starts watching for a client hang-up
 # answers up to this size are parsed whole to check them; larger ones (embeddings of many inputs run
 # to megabytes, ~1 ms of CPU per MB to parse) are checked at their ends and only `usage` is parsed
-FULL_PARSE_MAX = 16 * 1024  # a request still running after this long starts watching for a client hang-up
+FULL_PARSE_MAX = 16 * 1024
+MAX_MODEL_CHARS = 256  # GatewaySettings.max_model_chars
 
 
 class ClientGone(Exception):
@@ -72,7 +74,9 @@ class Exchange:
     read_timeout_s: float = 120.0
 
 
-def parse_request(endpoint: str, body: bytes) -> tuple[dict[str, Any], str, bool]:
+def parse_request(
+    endpoint: str, body: bytes, max_model_chars: int = MAX_MODEL_CHARS
+) -> tuple[dict[str, Any], str, bool]:
     """Validate what the gateway itself needs; everything else is the upstream's to judge."""
     if not body:
         raise bad_request("The request body is empty; send a JSON object with at least `model`.")
@@ -87,6 +91,8 @@ def parse_request(endpoint: str, body: bytes) -> tuple[dict[str, Any], str, bool
         raise bad_request("Missing required parameter: 'model'.", "model", "missing_required_parameter")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' must be a non-empty string.", "model", "invalid_type")
+    if len(model) > max_model_chars:
+        check_model_length(model, max_model_chars)
     if not model.isprintable():  # a pattern copies it into the x-aib-model response header
         raise bad_request("'model' must not contain control characters.", "model", "invalid_value")
     field, kind = REQUIRED[endpoint]
@@ -101,6 +107,16 @@ def parse_request(endpoint: str, body: bytes) -> tuple[dict[str, Any], str, bool
     if stream and endpoint not in STREAMABLE:
         raise bad_request(f"{endpoint} does not support streaming.", "stream", "invalid_value")
     return payload, model, bool(stream)
+
+
+def check_model_length(model: str, limit: int) -> None:
+    """A model name is a short identifier: a longer one is refused before it reaches a log or a lookup."""
+    if len(model) > limit:
+        raise bad_request(
+            f"'model' is {len(model)} characters long; the limit is {limit} (AIB_MAX_MODEL_CHARS).",
+            "model",
+            "invalid_value",
+        )
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -256,20 +272,35 @@ class Proxy:
         stats = self.state.stats(target.id)
         attempt = Attempt(target.id, target.provider, target.upstream, group.name)
         record.attempts.append(attempt)
-        body = dict(payload)
-        body["model"] = target.upstream
-        for k, v in group.params.items():
-            body.setdefault(k, v)
+        prep: outbound.Prepared | None = None
+        if info.wire is not None or type(payload) is not dict:  # an outbound adapter or a front door
+            got = outbound.prepare(info, target, group, endpoint, payload, stream, record)
+            if isinstance(got, GatewayError):
+                return Failure(outbound.refused(stats, attempt, got), True)
+            prep = got
         strip_usage = False
-        if stream and kind_for(info.type).stream_usage:
-            opts = body.get("stream_options")
-            if not (isinstance(opts, dict) and opts.get("include_usage")):
-                body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-                strip_usage = True
-        data = orjson.dumps(body)
+        if prep is None:  # the plain OpenAI pass-through
+            body = dict(payload)
+            body["model"] = target.upstream
+            for k, v in group.params.items():
+                body.setdefault(k, v)
+            if stream and kind_for(info.type).stream_usage:
+                opts = body.get("stream_options")
+                if not (isinstance(opts, dict) and opts.get("include_usage")):
+                    body["stream_options"] = {
+                        **(opts if isinstance(opts, dict) else {}),
+                        "include_usage": True,
+                    }
+                    strip_usage = True
+            data = orjson.dumps(body)
+            head = self.pool.head(info, endpoint)
+        else:
+            data = prep.data
+            head = self.pool.head(info, prep.path)
         pool = self.pool.http(info)
-        head = self.pool.head(info, endpoint)
         extra = b"x-request-id: %s\r\n" % kind_for(info.type).upstream_request_id(record.request_id).encode()
+        if prep is not None:
+            extra += prep.extra
         t = group.timeouts
         start = loop.time()  # deadlines: the loop's clock
         t0 = time.perf_counter()  # durations: uvloop's loop.time() has only millisecond resolution
@@ -283,6 +314,8 @@ class Proxy:
                 # (whole answers) the request deadline
                 first_by = start + max(min(t.first_byte_s, deadline - start), 0.001)
                 resp = await pool.request(head, data, extra, t.connect_s, first_by)
+                if prep is not None:
+                    resp = prep.wrap(resp)
                 first = await resp.readany() if stream and resp.status == 200 else b""
                 attempt.ttfb_s = time.perf_counter() - t0
                 attempt.status = resp.status
@@ -375,7 +408,7 @@ class Proxy:
             stats.observe_ttfb(attempt.ttfb_s)
         attempt.ok = True
         usage = parsed.get("usage")
-        if isinstance(usage, dict):
+        if isinstance(usage, dict) and "prompt_tokens" in usage:  # (a same-API answer's: read by outbound)
             record.prompt_tokens = usage.get("prompt_tokens")
             record.completion_tokens = usage.get("completion_tokens")
         await self._respond(x, status, data)

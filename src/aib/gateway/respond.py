@@ -74,11 +74,13 @@ async def send_error(
     err: GatewayError,
     request_id: str | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
+    body: bytes | None = None,
 ) -> None:
+    """``err`` as a JSON answer: OpenAI's envelope, or ``body`` (another API's error shape)."""
     extra = [(k.encode(), v.encode()) for k, v in err.headers.items()]
     if headers:
         extra += headers
     if request_id:
         extra.append((b"x-request-id", request_id.encode()))
     with contextlib.suppress(OSError):  # the client is gone; nothing to tell it
-        await send_json(send, err.status, err.body(), extra)
+        await send_json(send, err.status, err.body() if body is None else body, extra)

@@ -20,7 +20,7 @@ from aib.auth.store import default_path
 from aib.config.compile import build_plan
 from aib.config.load import DEFAULTS_DIR, PROVIDERS_FILE
 from aib.gateway.app import Gateway, create_app
-from aib.gateway.httpserver import ASGIApp, HttpServer
+from aib.gateway.httpserver import ASGIApp, HttpServer, ServerLimits
 from aib.gateway.settings import GatewaySettings
 from aib.gateway.workers import WorkerSpec
 from aib.limits.slots import SharedSlots
@@ -114,12 +114,16 @@ async def serve_app(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[int], None] | None = None,
     also: tuple[socket.socket, ...] = (),
+    limits: ServerLimits | None = None,
 ) -> None:
     """Serve ``app`` until ``stop`` is set, or SIGINT/SIGTERM (in the main thread; a second one stops
-    at once). Requests in flight get up to ``drain_s`` to finish."""
+    at once). Requests in flight get up to ``drain_s`` to finish; ``limits``: what one client may
+    hold (default: the app's settings when it is a :class:`Gateway`, else ServerLimits())."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    server = HttpServer(app)
+    if limits is None and isinstance(app, Gateway):
+        limits = app.settings.server_limits()
+    server = HttpServer(app, limits)
     signals = threading.current_thread() is threading.main_thread()
 
     def on_signal() -> None:

@@ -69,7 +69,7 @@ def wire_fields(w: Wire, redact: Callable[[str | None], str | None]) -> dict[str
     the same value as ``round(s * 1000, 3)``, at a quarter of the cost (``round`` goes through text)."""
     (
         rid, endpoint, model, _, stream, route, matched_by, _, provider, upstream, status, err, code, ttfb,
-        total, ups, pt, ct, gone, _, atts, _, _, key, *_,
+        total, ups, pt, ct, gone, _, atts, _, _, key, door, cut, *_,
     ) = w  # fmt: skip
     if not atts:
         failed = 0
@@ -100,6 +100,8 @@ def wire_fields(w: Wire, redact: Callable[[str | None], str | None]) -> dict[str
         "error_code": code,
         "client_disconnected": gone,
         "key": key,
+        "door": door,
+        "prompt_truncated": cut,
         "cache": w[CACHE] if len(w) > CACHE else None,
     }
 

@@ -139,6 +139,8 @@ class MetricsObserver:
         self._tokens: dict[tuple[str, str], list[int]] = {}  # (route, provider) -> [prompt, completion]
         self._attempts: dict[tuple[str, str], int] = {}  # (provider, outcome) -> attempts
         self._fallbacks: dict[str, int] = {}  # route -> requests that needed a fallback
+        self._doors: dict[tuple[str, str, int], int] = {}  # (door, endpoint, status) -> requests
+        self._truncated: dict[tuple[str, str], int] = {}  # (route, provider) -> prompts Ollama cut
         self._reloads = dict.fromkeys(RELOAD_RESULTS, 0)
         self._key_requests: dict[tuple[str, int], int] = {}  # (key name, status) -> requests
         self._key_tokens: dict[str, list[int]] = {}  # key name -> [prompt, completion]
@@ -175,7 +177,7 @@ class MetricsObserver:
         for w in batch:
             (
                 _, endpoint, model, _, stream, how_route, how, rule, provider, _, status, _, code, ttfb, total,
-                upstream_s, pt, ct, gone, _, atts, _, _, kname, *_,
+                upstream_s, pt, ct, gone, _, atts, _, _, kname, door, cut, *_,
             ) = w  # fmt: skip
             if kname is not None:  # a client key's name (bounded by the number of keys)
                 self._count_key(kname, status or (499 if gone else 0), code, pt, ct)
@@ -195,6 +197,10 @@ class MetricsObserver:
                 c = requests[key] = [0, 0.0] + [0] * (len(DURATION_BUCKETS) + 1)
             c[0] += 1
             c[1] += total
+            dkey = (door, endpoint, key[3])
+            self._doors[dkey] = self._doors.get(dkey, 0) + 1
+            if cut:
+                self._truncated[(route, provider)] = self._truncated.get((route, provider), 0) + 1
             c[2 + bisect_left(DURATION_BUCKETS, total)] += 1
             over = total - upstream_s
             if over < 0.0:
@@ -270,6 +276,8 @@ class MetricsObserver:
             "tokens": self._tokens,
             "attempts": self._attempts,
             "fallbacks": self._fallbacks,
+            "doors": self._doors,
+            "truncated": self._truncated,
             "reloads": self._reloads,
             "key_requests": self._key_requests,
             "key_tokens": self._key_tokens,
@@ -439,6 +447,22 @@ class _RequestCollector(Collector):
         for (provider, outcome), n in list(v["attempts"].items()):
             attempts.add_metric([provider, outcome], float(n))
         yield attempts
+        doors = CounterMetricFamily(
+            "aib_door_requests",
+            "Requests by the API the client spoke (openai, anthropic, ollama, responses), endpoint and status.",
+            labels=["door", "endpoint", "status"],
+        )
+        for (door, endpoint, status), n in list(v.get("doors", {}).items()):
+            doors.add_metric([door, endpoint, str(status)], float(n))
+        yield doors
+        truncated = CounterMetricFamily(
+            "aib_prompt_truncated",
+            "Prompts an Ollama upstream cut to fit its context (num_ctx): raise the model's context_length.",
+            labels=rp_labels,
+        )
+        for rp, n in list(v.get("truncated", {}).items()):
+            truncated.add_metric(list(rp), float(n))
+        yield truncated
         reloads = CounterMetricFamily(
             "aib_config_reloads", "Configuration reloads by result.", labels=["result"]
         )

@@ -88,7 +88,15 @@ def m003_key_name(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m004_cache(db: sqlite3.Connection) -> None:
+def m004_door(db: sqlite3.Connection) -> None:
+    """The API a request came in on (openai, anthropic, ollama, responses) and whether an Ollama
+    upstream cut its prompt to fit the context."""
+    db.execute("ALTER TABLE requests ADD COLUMN door TEXT NOT NULL DEFAULT 'openai'")
+    db.execute("ALTER TABLE requests ADD COLUMN prompt_truncated INTEGER NOT NULL DEFAULT 0")
+
+
+@migration
+def m005_cache(db: sqlite3.Connection) -> None:
     """What the response cache did: hit, miss, bypass, error (NULL: the route does not cache)."""
     db.execute("ALTER TABLE requests ADD COLUMN cache TEXT")
 

@@ -82,7 +82,8 @@ class RequestLogReader:
         reader is read-only: it never migrates)."""
         if self._columns is None:
             have = {r[1] for r in self.db.execute("PRAGMA table_info(requests)")}
-            self._columns = tuple(c for c in (*REQUEST_COLUMNS, "key_name") if c in have or not have)
+            more = ("key_name", "door", "prompt_truncated")
+            self._columns = tuple(c for c in (*REQUEST_COLUMNS, *more) if c in have or not have)
         return self._columns
 
     def close(self) -> None:

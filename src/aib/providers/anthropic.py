@@ -1,7 +1,9 @@
-"""Anthropic through its OpenAI SDK compatibility endpoint (``/v1/chat/completions``).
+"""Anthropic: its Messages API (``/v1/messages``, the default, ``api: native``) or its OpenAI SDK
+compatibility endpoint (``/v1/chat/completions``, ``api: openai``).
 
-That endpoint takes the key as a bearer token; the native ``/v1/models`` (the health probe and
-discovery) wants ``x-api-key`` and ``anthropic-version``, so both are sent.
+The Messages API and ``/v1/models`` (the health probe and discovery) want the key as ``x-api-key``
+with an ``anthropic-version``; the compatibility endpoint takes it as a bearer token, so with
+``api: openai`` both are sent.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ class Anthropic(ProviderKind):
     def auth_headers(self, info: ProviderInfo) -> dict[str, str]:
         headers = super().auth_headers(info)
         if headers:
-            headers["x-api-key"] = headers["authorization"].removeprefix("Bearer ")
-            headers["anthropic-version"] = ANTHROPIC_VERSION
+            key = headers["authorization"].removeprefix("Bearer ")
+            if info.wire == "anthropic":
+                headers = {"x-api-key": key}
+            else:
+                headers["x-api-key"] = key
+        headers["anthropic-version"] = ANTHROPIC_VERSION
         return headers
