@@ -216,3 +216,32 @@ def test_on_redis_error_deny_refuses_limited_keys_only(
 
 def test_the_probe_interval_is_short() -> None:
     assert link_mod.PROBE_S <= 0.5  # "hits resume when it is back" within a second
+
+
+def test_a_password_protected_redis_and_the_password_never_shows(
+    up: ScriptedUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The password comes from redis.password_env; with it the cache works; with a wrong one Redis is
+    down (a clear reason in /health) and the value is in no answer, /health or log line."""
+    secret = "redis-pass-" + "9" * 20
+    caplog.set_level(logging.INFO)
+    with RedisServer(extra=("--requirepass", secret)) as locked:
+        cfg = f"""
+        redis: {{url: "{locked.url}", password_env: AIB_TEST_REDIS_PW, key_prefix: "pw:"}}
+        cache: {{backend: redis}}
+        models:
+          m: {{provider: up, cache: {{enabled: true}}}}
+        """
+        monkeypatch.setenv("AIB_TEST_REDIS_PW", secret)
+        plan = plan_from_yaml(tmp_path / "ok", providers(up), cfg)
+        with running_gateway(plan, gateway_settings()) as g:
+            assert [chat(g.base_url).headers["x-aib-cache"] for _ in range(2)] == ["miss", "hit"]
+            assert secret in g.gateway.scrubber.values
+        monkeypatch.setenv("AIB_TEST_REDIS_PW", secret + "-wrong")
+        plan = plan_from_yaml(tmp_path / "wrong", providers(up), cfg)
+        with running_gateway(plan, gateway_settings()) as g:
+            assert chat(g.base_url).headers["x-aib-cache"] == "error"
+            health = httpx.get(f"{g.base_url}/health", timeout=5).text
+            assert '"status":"down"' in health and "password" in health.lower()
+            assert secret not in health
+    assert not any(secret in r.getMessage() for r in caplog.records)

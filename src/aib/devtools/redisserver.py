@@ -37,11 +37,11 @@ def redis_available() -> bool:
 
 
 def ping(port: int, timeout: float = 0.5) -> bool:
-    """True when a Redis server answers PING on 127.0.0.1:port."""
+    """True when a Redis server answers PING on 127.0.0.1:port (NOAUTH counts: it answers)."""
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))  # (a server with a password)
     except OSError:
         return False
 

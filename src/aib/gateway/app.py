@@ -178,9 +178,11 @@ class Gateway:
                 log.warning("key store %s: %s; not ready until the keys are read", self.gate.store_name, exc)
 
     def refresh_secrets(self) -> None:
-        """Read the secret values again: provider keys, the admin key, proxy credentials."""
+        """Read the secret values again: provider keys, the admin key, proxy credentials, Redis's password."""
         names = [p.api_key_env for p in self.base_plan.providers.values()]
         names.append(self.settings.admin_key_env)
+        if self.base_plan.redis is not None:
+            names.append(self.base_plan.redis.password_env)
         self.scrubber.update([*env_values(names), *proxy_secrets(), *self.extra_secrets])
 
     def warnings(self) -> list[str]:
