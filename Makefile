@@ -26,7 +26,7 @@ DEMO_EXTRAS := llamacpp,ui
 DEMO_STAMP := $(VENV)/.stamp-demo
 CORE_STAMP := $(VENV)/.stamp-core
 # Debian packages the tests and services need; each is checked with dpkg -s and installed only if missing.
-APT_PACKAGES ?= prometheus wrk chromium systemd tinyproxy build-essential cmake
+APT_PACKAGES ?= prometheus wrk chromium systemd tinyproxy build-essential cmake redis-server haproxy nginx
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1

@@ -42,12 +42,17 @@ SECTIONS: tuple[tuple[str, str, type[BaseModel], tuple[str, ...]], ...] = (
     ("defaults-retries", "`defaults.retries`", MappingsFile, ("Retries",)),
     ("defaults-breaker", "`defaults.breaker`", MappingsFile, ("Breaker",)),
     ("defaults-balance", "`defaults.balance`", MappingsFile, ("Balance",)),
+    ("defaults-cache", "`defaults.cache`: the response cache of routes", MappingsFile, ("CacheRule",)),
     ("route", "`models.<name>`: one route", MappingsFile, ("Route",)),
     ("route-deployments", "`models.<name>.deployments[]`: one deployment", MappingsFile, ("Deployment",)),
     ("route-timeouts", "`models.<name>.timeouts`", MappingsFile, ("TimeoutsPatch",)),
     ("route-balance", "`models.<name>.balance`", MappingsFile, ("BalancePatch",)),
+    ("route-cache", "`models.<name>.cache`", MappingsFile, ("CacheRulePatch",)),
     ("patterns", "`patterns[]`: one pattern", MappingsFile, ("Pattern",)),
     ("capabilities", "`capabilities.<name>`: one capability rule", MappingsFile, ("CapabilityRule",)),
+    ("cache", "`cache`: where cached answers live", MappingsFile, ("CacheStore",)),
+    ("redis", "`redis`: the server replicas share", MappingsFile, ("RedisSettings",)),
+    ("redis-sentinel", "`redis.sentinel`", MappingsFile, ("Sentinel",)),
 )
 INTROS = {
     "providers-file": "The file `config/providers.yaml`: the servers the gateway routes to.",

@@ -17,6 +17,7 @@ from aib.devtools.llama_server import LlamaServer
 from aib.devtools.llama_server_build import binary_path, find_binary
 from aib.devtools.llamacpp import LlamaCppServer, free_port, llamacpp_available
 from aib.devtools.models import ensure_model
+from aib.devtools.redisserver import RedisServer, redis_available
 
 # tests/vllm needs a real vLLM (3.5 GB, minutes to start): only `make test-vllm` collects it
 collect_ignore = [] if os.environ.get("AIB_TEST_VLLM") == "1" else ["vllm"]
@@ -108,3 +109,15 @@ def fake_ollama() -> Iterator[FakeOllama]:
     """The Ollama contract fake on a free port (``.base_url``; OpenAI API under ``/v1``)."""
     with FakeOllama().serve_in_thread() as fake:
         yield fake
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server (Debian's) on a free loopback port, one per test module."""
+    if not redis_available():
+        pytest.fail("redis-server is not installed (make sysdeps installs Debian's redis-server)")
+    srv = RedisServer(log_path=tmp_path_factory.mktemp("redis") / "redis.log")
+    try:
+        yield srv.start()
+    finally:
+        srv.close()

@@ -285,7 +285,7 @@ def test_the_admin_api_makes_and_revokes_keys_and_is_locked(gw: Any, up: Scripte
         usage = h.get("/admin/keys/usage?since=1d", headers=admin).json()
         assert usage["keys"] == [] or usage["keys"][0]["name"] == "gina"
         health = h.get("/health", headers=admin).json()
-        assert health["auth"] == {"mode": "keys", "keys": 1}
+        assert health["auth"] == {"mode": "keys", "store": "sqlite", "keys": 1}
         metrics = h.get("/metrics", headers=admin).text
     assert ADMIN not in metrics and secret not in metrics
     # the admin key is also a client key: every model, no limit

@@ -447,7 +447,7 @@ def test_same_exposition_as_prometheus_client_metric_objects(obs: MetricsObserve
     def exposed(text: str) -> dict[str, Any]:
         out = {}
         for f in text_string_to_metric_families(text):
-            if f.name.startswith("aib_") and not f.name.endswith("_created") and not f.name.startswith(("aib_backend_", "aib_deployment_")) and f.name not in {"aib_inflight_requests", "aib_provider_up",
+            if f.name.startswith("aib_") and not f.name.startswith("aib_cache_") and not f.name.endswith("_created") and not f.name.startswith(("aib_backend_", "aib_deployment_")) and f.name not in {"aib_inflight_requests", "aib_provider_up",
                                                            "aib_provider_probe_latency_seconds",
                                                            "aib_breaker_state", "aib_config_info"}:  # fmt: skip
                 samples = sorted(

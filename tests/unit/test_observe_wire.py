@@ -11,6 +11,8 @@ from aib.observe.records import Attempt
 from aib.observe.wire import (
     ATTEMPTS,
     BATCH,
+    CACHE,
+    CACHE_LOOKUP_S,
     CONFIG,
     DOOR,
     ERROR,
@@ -38,10 +40,12 @@ def test_to_wire_keeps_every_field_a_writer_needs() -> None:
     rec = make_record("m", status=502, error="boom", prompt_tokens=3, request_body=b"{}")
     rec.key_name = "team-a"
     rec.door, rec.prompt_truncated = "anthropic", True
+    rec.cache, rec.cache_lookup_s = "miss", 0.0002
     rec.attempts.insert(0, Attempt("x/m", "x", "m", "m", None, "refused", None, 0.001, False))
     w = to_wire(rec)
-    assert len(w) == 26
+    assert len(w) == 28
     assert (w[KEY_NAME], w[DOOR], w[PROMPT_TRUNCATED]) == ("team-a", "anthropic", True)
+    assert (w[CACHE], w[CACHE_LOOKUP_S]) == ("miss", 0.0002)
     assert (w[REQUEST_ID], w[MODEL], w[STATUS], w[ERROR], w[PROMPT_TOKENS]) == (
         rec.request_id,
         "m",

@@ -143,7 +143,7 @@ def test_writer_writes_lines_rows_and_reports(tmp_path: Path, pipes: tuple[int, 
     assert not any(KEY in e for e in errors) and "lone ? surrogate" in errors
     got = reports(pipes[0])
     assert got[0] == {
-        "info": f"request log {db}: applied m001_initial, m002_bodies, m003_key_name, m004_door"
+        "info": f"request log {db}: applied m001_initial, m002_bodies, m003_key_name, m004_door, m005_cache"
     }
     done = [r for r in got if "h" in r]
     assert [r["h"] for r in done] == [2, len(records)]  # one report per batch between secrets

@@ -53,7 +53,7 @@ def test_migrations_are_named_recorded_and_applied_once(db_path: Path, rlog: Req
     rlog.request_done(make_record())
     assert rlog.flush()
     names = [r[0] for r in rows(db_path, "SELECT name FROM _migrations ORDER BY name")]
-    assert names == ["m001_initial", "m002_bodies", "m003_key_name", "m004_door"]
+    assert names == ["m001_initial", "m002_bodies", "m003_key_name", "m004_door", "m005_cache"]
     assert rows(db_path, "PRAGMA journal_mode") == [("wal",)]
     db = connect(db_path)
     try:

@@ -25,6 +25,7 @@ WRAPPERS = [
     "check-port-conflicts.sh",
     "generate-litellm-config.py",
     "validate-unified-backend.sh",
+    "monitor-redis-cache.sh",
 ]
 PROVIDERS = """\
 version: 1

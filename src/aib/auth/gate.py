@@ -21,21 +21,25 @@ import time
 from collections.abc import Callable
 from hashlib import sha256
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aib.auth.access import AccessCache
 from aib.auth.keys import ADMIN, ClientKey
 from aib.auth.store import KeyStore, SqliteKeyStore, Usage
 from aib.config.plan import RoutingPlan
+from aib.limits.budgets import day_and_month
 from aib.limits.limiter import Limiter, Ticket
 from aib.limits.slots import LocalSlots, Slots
 
+if TYPE_CHECKING:
+    from aib.limits.remote import RedisLimits
+
 log = logging.getLogger("aib.auth")
 POLL_S = 0.25  # how often the store's generation is read
-MISS_REFRESH_S = 0.1
-TOKEN_CACHE_MAX = 4096  # an unknown key makes the store be read again, at most this often
+MISS_REFRESH_S = 0.1  # an unknown key makes the store be read again, at most this often
 FLUSH_S = 1.0  # how often usage goes to the store
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+TOKEN_CACHE_MAX = 4096  # keys remembered by their token (made-up keys never are)
 
 
 class AuthError(Exception):
@@ -62,14 +66,19 @@ class Gate:
         store_path: Path | Callable[[], KeyStore],
         slots: Slots | None = None,
         admin_key: Callable[[], str | None] = lambda: None,
+        remote: RedisLimits | None = None,
+        store_name: str | None = None,
     ) -> None:
         self._open_store: Callable[[], KeyStore] = (
             (lambda: SqliteKeyStore(store_path)) if isinstance(store_path, Path) else store_path
         )
         self.store_path = store_path if isinstance(store_path, Path) else None
+        self.store_name = store_name or str(store_path)  # for messages: the file, or "redis HOST:PORT"
         self.store: KeyStore | None = None
         self.admin_key = admin_key
         self.limiter = Limiter(slots or LocalSlots())
+        # limits in Redis, shared by replicas (auth.store: redis): admit_shared instead of admit
+        self.remote = remote
         self.access = AccessCache()
         self.keys: dict[bytes, ClientKey] = {}  # sha256 digest -> key
         self.by_id: dict[str, ClientKey] = {}
@@ -77,10 +86,10 @@ class Gate:
         self._usage: dict[tuple[int, str], Usage] = {}
         self._task: asyncio.Task[None] | None = None
         self._warned: set[str] = set()
-        self._refreshed_at = 0.0
         # keys seen lately -> their key: a hash and the admin comparison only on a key's first use
         # (cleared whenever the keys or the secrets change; made-up keys are never kept)
         self._tokens: dict[bytes, ClientKey] = {}
+        self._refreshed_at = 0.0
         self._reloading = threading.Lock()
         self._refresh: asyncio.Future[None] | None = None
 
@@ -103,6 +112,20 @@ class Gate:
             if gen == self.generation:
                 return False
             keys = store.load()
+            if not keys and gen == 0 and self.by_id:
+                # a store that lost everything (a Redis restarted without persistence): keep the keys
+                # in force rather than refuse every client; said once
+                if "emptied" not in self._warned:
+                    self._warned.add("emptied")
+                    log.warning(
+                        "key store %s is empty (restarted without persistence?): keeping the %d keys "
+                        "in force. Restore it, or make the keys again; Redis holding keys needs "
+                        "appendonly yes (docs/scaling.md).",
+                        self.store_name,
+                        len(self.by_id),
+                    )
+                return False
+            self._warned.discard("emptied")
             self.keys = {bytes.fromhex(k.hash): k for k in keys}
             self.by_id = {k.id: k for k in keys}
             self._tokens = {}
@@ -126,7 +149,7 @@ class Gate:
             except Exception as exc:  # the store is a file: a full disk, a lock held too long
                 if "store" not in self._warned:
                     self._warned.add("store")
-                    log.warning("key store %s: %s (keys in force stay as they were)", self.store_path, exc)
+                    log.warning("key store %s: %s (keys in force stay as they were)", self.store_name, exc)
 
     async def flush(self) -> None:
         """Write the usage counted since the last flush; read back the budget totals."""
@@ -137,10 +160,11 @@ class Gate:
         budgets = self.limiter.budgets
         budgets.take_pending()
         day, month = budgets.day, budgets.month
+        local = self.remote is None  # Redis limits keep their own exact budget counters
 
         def write() -> dict[int, tuple[int, int]]:
             store.add_usage(pending.values())
-            return store.charged(day, month)
+            return store.charged(day, month) if local else {}
 
         try:
             totals = await asyncio.to_thread(write)
@@ -168,7 +192,7 @@ class Gate:
             try:
                 await self.flush()
             except Exception as exc:
-                log.warning("key store %s: the last usage was not written: %s", self.store_path, exc)
+                log.warning("key store %s: the last usage was not written: %s", self.store_name, exc)
             self.store.close()
             self.store = None
 
@@ -236,11 +260,11 @@ class Gate:
             self._refreshed_at = time.monotonic()
             self._refresh = None
 
+    # ------------------------------------------------------------------ may
+
     def forget_tokens(self) -> None:
         """Look every key up afresh (the admin key may have changed)."""
         self._tokens = {}
-
-    # ------------------------------------------------------------------ may
 
     def check_model(self, key: ClientKey, model: str, plan: RoutingPlan) -> None:
         if not self.access.allows(key, model, plan):
@@ -258,18 +282,19 @@ class Gate:
         sets no max_tokens reserves ``reserve_default`` tokens for its answer (``auth.reserve_tokens``)."""
         if key.num == 0 or not key.limited:
             return None
-        reserve = 0
-        if key.tpm is not None or key.budget_day is not None or key.budget_month is not None:
-            reserve = body_size // 4  # the prompt, estimated high: about 4 bytes of JSON per token
-            if endpoint != "embeddings":
-                asked = None
-                for f in MAX_TOKENS_FIELDS:
-                    v = payload.get(f)
-                    if type(v) is int and v > 0:
-                        asked = v
-                        break
-                reserve += asked if asked is not None else reserve_default
-        return self.limiter.admit(key, reserve)
+        return self.limiter.admit(key, _reserve(key, payload, body_size, endpoint, reserve_default))
+
+    async def admit_shared(
+        self, key: ClientKey, payload: dict[str, Any], body_size: int, endpoint: str, reserve_default: int
+    ) -> Ticket | None:
+        """:meth:`admit` against the limits in Redis (one round trip). While Redis cannot be reached:
+        None (no limit) under ``on_redis_error: allow``, else a 503 (``limits_unavailable``)."""
+        if key.num == 0 or not key.limited:
+            return None
+        assert self.remote is not None
+        return await self.remote.admit_or_fallback(
+            key, _reserve(key, payload, body_size, endpoint, reserve_default)
+        )
 
     def settle(
         self,
@@ -287,25 +312,60 @@ class Gate:
         else:
             charged = ticket.reserved if ticket is not None and status == 200 else 0
         if ticket is not None:
-            self.limiter.settle(ticket, charged)
-        if not key.num:  # the admin key: no usage of its own
-            return
-        budgets = self.limiter.budgets
-        now = time.time()
-        day = budgets.day if now < budgets.day_ends else budgets.today(now)
+            if self.remote is not None:
+                self.remote.settle(ticket, charged)
+            else:
+                self.limiter.settle(ticket, charged)
+        if key.num:
+            self._count(
+                key,
+                prompt or 0,
+                completion or 0,
+                charged,
+                limited=int(limited),
+                errors=int(status >= 400 and not limited),
+            )
+
+    def _count(
+        self, key: ClientKey, prompt: int, completion: int, charged: int, limited: int = 0, errors: int = 0
+    ) -> None:
+        day = self.limiter.budgets.today(time.time())
         u = self._usage.get((key.num, day))
         if u is None:
             u = self._usage[(key.num, day)] = Usage(key.num, day)
         u.requests += 1
-        if prompt:
-            u.prompt_tokens += prompt
-        if completion:
-            u.completion_tokens += completion
+        u.prompt_tokens += prompt
+        u.completion_tokens += completion
         u.charged_tokens += charged
-        if limited:
-            u.limited += 1
-        elif status >= 400:
-            u.errors += 1
+        u.limited += limited
+        u.errors += errors
 
     def usage_today(self, key: ClientKey) -> tuple[int, int]:
+        """Tokens charged to ``key`` (today, this month); reads the store with Redis limits."""
+        if self.remote is not None and self.store is not None:
+            day, month = day_and_month(time.time())
+            return self.store.charged(day, month).get(key.num, (0, 0))
         return self.limiter.budgets.used(key.num)
+
+
+def _reserve(
+    key: ClientKey, payload: dict[str, Any], body_size: int, endpoint: str, reserve_default: int
+) -> int:
+    """Tokens a request reserves until its usage is known: its prompt (estimated high: about 4 bytes
+    of JSON per token) plus its max_tokens (or ``reserve_default``), when the key limits tokens."""
+    reserve = 0
+    if key.tpm is not None or key.budget_day is not None or key.budget_month is not None:
+        reserve = body_size // 4
+        if endpoint != "embeddings":
+            asked = None
+            for f in MAX_TOKENS_FIELDS:
+                v = payload.get(f)
+                if type(v) is int and v > 0:
+                    asked = v
+                    break
+            reserve += asked if asked is not None else reserve_default
+    return reserve
+
+
+def today() -> str:
+    return day_and_month(time.time())[0]

@@ -206,7 +206,7 @@ class SqliteKeyStore:
         ``limits``: models, rpm, tpm, concurrency, budget_day, budget_month, expires_at, metadata,
         rotated_from."""
         check_name(name)
-        fields = _limits(limits)
+        fields = check_settings(limits)
         secret = new_secret()
         now = time.time()
         with self._lock:
@@ -264,27 +264,7 @@ class SqliteKeyStore:
         return [replace(k, revoked_at=when) for k in keys]
 
     def rotate(self, key_id: str, grace_s: float = 0.0) -> tuple[ClientKey, str, ClientKey]:
-        """A new key with the same name, models, limits and metadata; the old one is revoked now, or
-        after ``grace_s`` seconds so clients can switch. Returns (new key, its secret, old key)."""
-        old = self.get(key_id)
-        if old is None:
-            raise KeyError(key_id)
-        if old.state() != "active":
-            raise ValueError(f"key {key_id} is {old.state()}; only an active key can be rotated")
-        new, secret = self.create(
-            old.name,
-            models=old.models,
-            rpm=old.rpm,
-            tpm=old.tpm,
-            concurrency=old.concurrency,
-            budget_day=old.budget_day,
-            budget_month=old.budget_month,
-            expires_at=old.expires_at,
-            metadata=old.metadata,
-            rotated_from=old.id,
-        )
-        revoked = self.revoke(old.id, at=time.time() + max(grace_s, 0.0))
-        return new, secret, revoked[0] if revoked else old
+        return rotate_key(self, key_id, grace_s)
 
     def _bump(self) -> None:
         self._db.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'")
@@ -350,7 +330,32 @@ class SqliteKeyStore:
             self._db.close()
 
 
-def _limits(given: dict[str, Any]) -> dict[str, Any]:
+def rotate_key(store: KeyStore, key_id: str, grace_s: float = 0.0) -> tuple[ClientKey, str, ClientKey]:
+    """A new key with the same name, models, limits and metadata; the old one is revoked now, or
+    after ``grace_s`` seconds so clients can switch. Returns (new key, its secret, old key)."""
+    old = store.get(key_id)
+    if old is None:
+        raise KeyError(key_id)
+    if old.state() != "active":
+        raise ValueError(f"key {key_id} is {old.state()}; only an active key can be rotated")
+    new, secret = store.create(
+        old.name,
+        models=old.models,
+        rpm=old.rpm,
+        tpm=old.tpm,
+        concurrency=old.concurrency,
+        budget_day=old.budget_day,
+        budget_month=old.budget_month,
+        expires_at=old.expires_at,
+        metadata=old.metadata,
+        rotated_from=old.id,
+    )
+    revoked = store.revoke(old.id, at=time.time() + max(grace_s, 0.0))
+    return new, secret, revoked[0] if revoked else old
+
+
+def check_settings(given: dict[str, Any]) -> dict[str, Any]:
+    """Every setting of a new key (``KeyStore.create``'s keyword arguments), checked, with defaults."""
     allowed = {
         "models",
         "rpm",

@@ -201,6 +201,16 @@ def health(
                 p.get("last_error") or "",
             )
         console.print(table)
+        r = data.get("redis")
+        if isinstance(r, dict):  # this process's view (docs/scaling.md)
+            from rich.markup import escape
+
+            style = "green" if r.get("status") == "up" else "red"
+            uses = ", ".join(r.get("used_for") or [])
+            line = f"redis {escape(str(r.get('where')))} ({uses}): [{style}]{r.get('status')}[/{style}]"
+            if r.get("status") != "up" and r.get("last_error"):
+                line += f", {escape(str(r['last_error']))}"
+            console.print(line, soft_wrap=True)
     note = served_version_note(data.get("plan_version"), config_dir)
     if note:
         err_console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)

@@ -1,7 +1,8 @@
 """`aib keys`: client keys (create, list, show, revoke, rotate, usage).
 
-By default the commands work on the key store itself (``--db``, ``$AIB_KEYS_DB``, else ``keys.db``
-beside the request log), so they work with no gateway running; gateways sharing that store pick a
+By default the commands work on the key store itself, so they work with no gateway running: Redis
+when the configuration says ``auth.store: redis`` (``./config`` or ``$AIB_CONFIG_DIR``), else the SQLite
+file (``--db``, ``$AIB_KEYS_DB``, else ``keys.db`` beside the request log); gateways sharing that store pick a
 change up within a second. With ``--gateway URL`` they go through that gateway's ``/admin/keys``
 instead (the admin key from ``$AIB_ADMIN_KEY``): for a gateway on another machine.
 """
@@ -26,7 +27,8 @@ DbOpt = Annotated[
     typer.Option(
         "--db",
         envvar="AIB_KEYS_DB",
-        help="The key store (default: keys.db beside the request log, else var/keys.db).",
+        help="A SQLite key store (default: Redis when the configuration says auth.store: redis, else keys.db "
+        "beside the request log, else var/keys.db).",
         show_default=False,
     ),
 ]
@@ -45,13 +47,35 @@ def register(app: typer.Typer) -> None:
     app.add_typer(keys_app, name="keys")
 
 
+def _configured_store() -> Any:
+    """The Redis key store when the configuration says ``auth.store: redis`` (``./config`` or
+    ``$AIB_CONFIG_DIR``), else None (the SQLite file)."""
+    from aib.config.errors import ConfigError
+    from aib.config.load import MAPPINGS_FILE, load_config, resolve_config_dir
+
+    cdir = resolve_config_dir(None)
+    if not (cdir / MAPPINGS_FILE).exists():
+        return None
+    try:
+        mappings = load_config(cdir).mappings
+    except ConfigError as exc:
+        fail(f"{cdir}: the configuration does not load, so the key store it names is unknown:\n{exc}")
+    if mappings.auth.store != "redis" or mappings.redis is None:
+        return None
+    from aib.auth.redis_store import RedisKeyStore
+
+    return RedisKeyStore(mappings.redis)
+
+
 class _Local:
     def __init__(self, db: Path | None) -> None:
         from aib.auth.store import SqliteKeyStore, default_path
         from aib.observe.settings import ObserveSettings
 
-        path = db or default_path(ObserveSettings.from_env().request_log)
-        self.store = SqliteKeyStore(path)
+        store = None if db is not None else _configured_store()
+        if store is None:
+            store = SqliteKeyStore(db or default_path(ObserveSettings.from_env().request_log))
+        self.store = store
 
     def all_keys(self) -> list[dict[str, Any]]:
         return [k.public() for k in self.store.load()]

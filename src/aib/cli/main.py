@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "ops_cmds",  # doctor, monitor, demo
     "ui_cmds",  # ui
     "keys_cmds",  # keys create|list|show|revoke|rotate|usage
+    "cache_cmds",  # cache stats|flush|inspect
 )
 
 

@@ -89,6 +89,7 @@ class _Checker:
         self.check_patterns()
         self.check_capabilities()
         self.check_groups()
+        self.check_redis()
         return self.issues
 
     def check_providers(self) -> None:
@@ -357,6 +358,33 @@ class _Checker:
                         ("models", name, "deployments", i),
                         f"deployment {ident[0]}/{ident[1]} is listed twice",
                     )
+
+    def check_redis(self) -> None:
+        m = self.m
+        users = []
+        if m.auth.store == "redis":
+            users.append((("auth", "store"), "auth.store: redis"))
+        if m.cache.backend == "redis":
+            users.append((("cache", "backend"), "cache.backend: redis"))
+        if m.redis is None:
+            for loc, what in users:
+                self.add("m", loc, f"{what} needs a `redis:` section (at least `url: redis://HOST:6379/0`)")
+            return
+        env = m.redis.password_env
+        if env and not os.environ.get(env):
+            self.add(
+                "m",
+                ("redis", "password_env"),
+                f"${env} is not set: the gateway connects to Redis without a password",
+                "warning",
+            )
+        if not users:
+            self.add(
+                "m",
+                ("redis",),
+                "the `redis:` section is not used: set `auth.store: redis` and/or `cache.backend: redis`",
+                "warning",
+            )
 
 
 def check_config(cfg: LoadedConfig, left: LeftOut | None = None) -> list[ConfigIssue]:

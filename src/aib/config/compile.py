@@ -16,11 +16,13 @@ from aib.config.plan import (
     Group,
     ModelSettings,
     ProviderInfo,
+    RouteCache,
     RoutingPlan,
     Target,
 )
 from aib.config.schema import (
     Balance,
+    CacheRule,
     LiteLLMSdkProvider,
     OpenAICompatibleProvider,
     ProviderBase,
@@ -117,6 +119,13 @@ def _balance(base: Balance, route: Route) -> Balance:
     return base.model_copy(update=patch) if patch else base
 
 
+def _cache(base: CacheRule, route: Route) -> CacheRule:
+    if route.cache is None:
+        return base
+    patch = {k: v for k, v in route.cache.model_dump().items() if v is not None}
+    return base.model_copy(update=patch)
+
+
 def _flatten(
     name: str, direct: dict[str, list[str]], aliases: dict[str, str], tail: tuple[str, ...]
 ) -> tuple[str, ...]:
@@ -182,6 +191,7 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
             retry_on_status=frozenset(d.retries.retry_on_status),
             fallbacks=_flatten(name, direct, aliases, m.default_fallbacks),
             params=MappingProxyType(dict(route.params)),
+            cache=RouteCache.compile(_cache(d.cache, route), name, route.params),
             critical=route.critical,
             aliases=tuple(a for a, t in aliases.items() if t == name),
             capabilities=tuple(caps),
@@ -227,6 +237,11 @@ def compile_plan(cfg: LoadedConfig, *, check: bool = True) -> RoutingPlan:
         default_fallbacks=tuple(dict.fromkeys(aliases.get(f, f) for f in m.default_fallbacks)),
         auth=m.auth,
         default_balance=d.balance,
+        redis=m.redis,
+        cache_store=m.cache,
+        default_cache=d.cache,
+        # patterns and discovered models take defaults.cache
+        caches=d.cache.enabled or any(g.cache is not None for g in groups.values()),
     )
 
 

@@ -15,8 +15,20 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal
 
+import orjson
+
 from aib.config.litellm_sdk import SdkOptions
-from aib.config.schema import CAPABILITY_PREFIX, Auth, Balance, HealthCheck, Signals, Timeouts
+from aib.config.schema import (
+    CAPABILITY_PREFIX,
+    Auth,
+    Balance,
+    CacheRule,
+    CacheStore,
+    HealthCheck,
+    RedisSettings,
+    Signals,
+    Timeouts,
+)
 
 OLLAMA_DEFAULT_TAG = ":latest"  # Ollama names an untagged model NAME:latest
 MatchKind = Literal["exact", "alias", "discovered", "pattern", "capability"]
@@ -81,6 +93,24 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteCache:
+    """A route's response cache, compiled: only routes that cache have one."""
+
+    ttl_s: float
+    always: bool  # `when: always`; else only deterministic requests (temperature 0 or a seed)
+    shared: bool  # `scope: shared`: one set of entries for every client key
+    salt: bytes  # what else changes the answer: the route's name and its params (aib.cache.keys)
+
+    @classmethod
+    def compile(cls, rule: CacheRule, route: str, params: Mapping[str, object]) -> RouteCache | None:
+        if not rule.enabled:
+            return None
+        # params are set on requests that lack them (the proxy), so they change answers too
+        salt = orjson.dumps([route, dict(params)], option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        return cls(rule.ttl_s, rule.when == "always", rule.scope == "shared", salt)
+
+
+@dataclass(frozen=True, slots=True)
 class Group:
     """A compiled route: what one model name means."""
 
@@ -98,6 +128,7 @@ class Group:
     origin: str = "models"  # models | discovered | pattern
     description: str | None = None
     balance: Balance = field(default_factory=Balance)  # knobs of loaded_first and prefix_affinity
+    cache: RouteCache | None = None  # None: this route's answers are not cached
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +205,10 @@ class RoutingPlan:
     auth: Auth = field(default_factory=Auth)
     default_balance: Balance = field(default_factory=Balance)
     discovered: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # provider -> models
+    redis: RedisSettings | None = None
+    cache_store: CacheStore = field(default_factory=CacheStore)
+    default_cache: CacheRule = field(default_factory=CacheRule)  # patterns' and discovered models'
+    caches: bool = False  # some route caches: the request path looks at the cache stage at all
     _pattern_cache: dict[str, Resolution] = field(default_factory=dict, repr=False, compare=False)
     # resolutions of configured names and aliases (bounded by the config), filled on first use
     _known: dict[str, Resolution] = field(default_factory=dict, repr=False, compare=False)
@@ -261,6 +296,7 @@ class RoutingPlan:
                 capabilities=prov.capabilities.get(upstream, ()),
                 origin="pattern",
                 balance=self.default_balance,
+                cache=RouteCache.compile(self.default_cache, name, {}),
             )
             rule = f"pattern #{p.index + 1} {p.glob!r} -> {p.provider} as {upstream!r}"
             return Resolution(name, "pattern", rule, group, self._fallbacks(group))
@@ -332,6 +368,7 @@ class RoutingPlan:
                     origin="discovered",
                     capabilities=prov.capabilities.get(m, ("chat",)),
                     balance=self.default_balance,
+                    cache=RouteCache.compile(self.default_cache, m, {}),
                 )
         return replace(
             self,

@@ -503,6 +503,36 @@ class BalancePatch(Strict):
     tie_break: TieBreak | None = Field(None, description="This route's `defaults.balance.tie_break`.")
 
 
+CacheWhen = Literal["deterministic", "always"]
+CacheScope = Literal["key", "shared"]
+
+
+class CacheRule(Strict):
+    """The response cache of a route (exact match on the request; docs/scaling.md)."""
+
+    enabled: bool = Field(False, description="Answer repeated requests from the cache.")
+    ttl_s: float = Field(3600.0, gt=0, le=30 * 86400, description="Seconds an answer stays in the cache.")
+    when: CacheWhen = Field(
+        "deterministic",
+        description="deterministic: only requests with temperature 0 or a seed (and every embeddings "
+        "request); always: every request (a repeated question gets the first answer).",
+    )
+    scope: CacheScope = Field(
+        "key",
+        description="key: with client keys on, each key's name has its own entries (no answer crosses "
+        "between tenants); shared: every client shares the route's entries.",
+    )
+
+
+class CacheRulePatch(Strict):
+    """A route's changes to ``defaults.cache``."""
+
+    enabled: bool | None = Field(None, description="Cache this route's answers (default: defaults.cache).")
+    ttl_s: float | None = Field(None, gt=0, le=30 * 86400, description="Seconds an answer stays cached.")
+    when: CacheWhen | None = Field(None, description="deterministic or always (see defaults.cache).")
+    scope: CacheScope | None = Field(None, description="key or shared (see defaults.cache).")
+
+
 class Defaults(Strict):
     strategy: Strategy = Field(
         "round_robin",
@@ -522,6 +552,10 @@ class Defaults(Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retries: Retries = Field(default_factory=Retries)
     breaker: Breaker = Field(default_factory=Breaker)
+    cache: CacheRule = Field(
+        default_factory=CacheRule,
+        description="The response cache of every route that sets none (off by default).",
+    )
 
 
 class Deployment(Strict):
@@ -554,6 +588,7 @@ class Route(Strict):
     params: dict[str, object] = Field(
         {}, description="Request fields set when the client did not send them (e.g. max_tokens)."
     )
+    cache: CacheRulePatch | None = Field(None, description="This route's changes to `defaults.cache`.")
     description: str | None = None
 
     @model_validator(mode="after")
@@ -620,6 +655,106 @@ class Auth(Strict):
         description="Tokens a request that sets no max_tokens reserves for its answer against a key's "
         "tokens per minute and budgets, until its real usage is known.",
     )
+    store: Literal["sqlite", "redis"] = Field(
+        "sqlite",
+        description="Where keys, limit counters, budgets and usage live. sqlite: a file beside the "
+        "request log (one machine); redis: the `redis` section's server, shared by every replica.",
+    )
+
+
+class CacheStore(Strict):
+    """Where cached answers live. Which routes cache is `defaults.cache` and each route's `cache`."""
+
+    backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description="memory: in each gateway process (least recently used entries go first); redis: "
+        "the `redis` section's server, shared by every replica and worker.",
+    )
+    max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024**3,
+        description="memory: the bytes of answers kept per process (Redis bounds itself: maxmemory).",
+    )
+    max_entry_bytes: int = Field(
+        1024 * 1024,
+        ge=256,
+        le=64 * 1024 * 1024,
+        description="Larger answers are not cached.",
+    )
+
+
+class Sentinel(Strict):
+    """Redis Sentinel: the sentinels to ask, and the name of the master they watch."""
+
+    master: str = Field(min_length=1, description="The master's name in the sentinels' configuration.")
+    nodes: tuple[Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")], ...] = Field(
+        min_length=1, description="Sentinels as host:port.", examples=[["10.0.0.5:26379", "10.0.0.6:26379"]]
+    )
+
+
+class RedisSettings(Strict):
+    """The Redis server replicas share (docs/scaling.md)."""
+
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="redis://host:port/db, rediss:// (TLS) or unix:///path/redis.sock?db=0; with "
+        "`sentinel`, only the database, user and TLS are taken from it. No password here: use "
+        "`password_env`.",
+    )
+    password_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Name of the environment variable holding the Redis password.",
+    )
+    key_prefix: str = Field(
+        "aib:", max_length=64, description="Put before every Redis key the gateway writes."
+    )
+    connect_timeout_s: float = Field(0.5, gt=0, le=30, description="Connecting to Redis.")
+    timeout_s: float = Field(
+        0.25,
+        gt=0,
+        le=30,
+        description="Each Redis command on the request path; slower counts as Redis being down.",
+    )
+    on_redis_error: Literal["allow", "deny"] = Field(
+        "allow",
+        description="While Redis cannot be reached: allow requests without checking keys' limits (one "
+        "warning and aib_redis_errors_total), or deny them (503). The cache is bypassed either way.",
+    )
+    max_connections: int = Field(
+        256,
+        ge=1,
+        le=10_000,
+        description="Connections per gateway process; a request finding all busy skips Redis (counted).",
+    )
+    cluster: bool = Field(False, description="`url` is one node of a Redis Cluster.")
+    sentinel: Sentinel | None = Field(None, description="Find the master through Redis Sentinel.")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"use redis://, rediss:// or unix:// (got {v!r})")
+        if parts.password:
+            raise ValueError(
+                "the URL holds a password: put it in an environment variable and name that variable in "
+                "`password_env`"
+            )
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"URL has no host (got {v!r})")
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError(f"give the socket's path: unix:///path/to/redis.sock (got {v!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _modes(self) -> RedisSettings:
+        if self.cluster and self.sentinel is not None:
+            raise ValueError("give `cluster` or `sentinel`, not both")
+        if self.cluster and urlsplit(self.url).scheme == "unix":
+            raise ValueError("a Redis Cluster is reached over TCP: redis:// or rediss://")
+        return self
 
 
 class MappingsFile(Strict):
@@ -627,6 +762,12 @@ class MappingsFile(Strict):
 
     version: Literal[1] = 1
     auth: Auth = Field(default_factory=Auth, description="Client keys and limits (docs/security.md).")
+    redis: RedisSettings | None = Field(
+        None, description="The Redis server for `auth.store: redis` and `cache.backend: redis`."
+    )
+    cache: CacheStore = Field(
+        default_factory=CacheStore, description="Where cached answers live (docs/scaling.md)."
+    )
     defaults: Defaults = Field(default_factory=Defaults)
     models: dict[ModelName, Route] = Field({}, description="Routes by the name clients ask for.")
     aliases: dict[ModelName, ModelName] = Field({}, description="Extra names -> route name.")

@@ -19,13 +19,14 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from aib.auth.gate import AuthError, Gate, bearer
+from aib.auth.gate import AuthError, bearer
 from aib.auth.keys import ClientKey
 from aib.auth.store import default_path
 from aib.config.load import LoadedConfig
 from aib.config.plan import RoutingPlan
 from aib.doors.base import Door
 from aib.doors.install import install_doors
+from aib.gateway.cache_admin import install_cache_admin
 from aib.gateway.errors import GatewayError, envelope, model_not_found
 from aib.gateway.explain import explain_live
 from aib.gateway.guard import admin_verdict, exposure_problem
@@ -35,6 +36,7 @@ from aib.gateway.proxy import ClientGone, Proxy, check_model_length, parse_reque
 from aib.gateway.respond import JSON, Receive, Scope, Send, read_body, send_error, send_json
 from aib.gateway.settings import GatewaySettings
 from aib.gateway.signals import SignalMonitor
+from aib.gateway.stores import build_stores, restart_needed
 from aib.gateway.upstream import UpstreamPool
 from aib.limits import LIMIT_CODES
 from aib.limits.limiter import LimitExceeded, Ticket
@@ -75,14 +77,17 @@ class Gateway:
         self.extra_secrets: list[str] = []
         self.scrubber = Scrubber()
         self.proxy = Proxy(self.state, self.pool, self.scrubber)
-        # who and may: client keys, model access, limits (aib.auth, aib.limits)
-        keys_db = settings.keys_db or default_path(None)
-        self.gate = Gate(keys_db, slots, admin_key=lambda: self.settings.admin_key)
+        # who and may: client keys, model access, limits (aib.auth, aib.limits); the response cache
+        # (aib.cache); in SQLite and memory, or in Redis shared by replicas (aib.gateway.stores)
+        self.link, self.gate, self.cache = build_stores(
+            plan, settings.keys_db or default_path(None), slots, lambda: self.settings.admin_key
+        )
         self.refresh_secrets()
         self.observers: list[Observer] = list(observers or [])
         self.on_startup: list[Callable[[], object]] = []  # run at startup (config watcher, SIGHUP handler)
         self.on_shutdown: list[Callable[[], object]] = []  # run last at shutdown (flush the request log)
         self.on_reload: list[Callable[[str], None]] = []  # told "success" or "failure" after each reload
+        self.on_cache_flush: list[Callable[[str | None], None]] = []  # tell other workers (memory cache)
         self.keep_bodies = False  # put the request body on the record (request-log body logging)
         self.health: HealthMonitor | None = None
         self.signals: SignalMonitor | None = None  # backend signals, polled with the health checks
@@ -113,6 +118,7 @@ class Gateway:
         self._routes["/health/ready"] = {"GET": Gateway.health_ready}
         self._routes["/admin/route"] = {"GET": Gateway.admin_route}
         install_key_admin(self)
+        install_cache_admin(self)
 
     def add_route(
         self, path: str, method: str, handler: Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -163,18 +169,26 @@ class Gateway:
             problem = exposure_problem(s.host, plan.auth.mode, s.admin_key is not None)
             if problem:
                 raise ValueError(problem)
+        problem = restart_needed(self.base_plan, plan)
+        if problem:
+            raise ValueError(problem)
         if plan.auth.mode == "keys":
             try:
                 self.gate.open()
             except Exception as exc:
-                raise ValueError(
-                    f"auth.mode keys: the key store {self.gate.store_path} does not open: {exc}"
-                ) from None
+                if self.gate.remote is None:
+                    raise ValueError(
+                        f"auth.mode keys: the key store {self.gate.store_name} does not open: {exc}"
+                    ) from None
+                # Redis: serve once the keys are read (the poller retries; /health/ready says 503)
+                log.warning("key store %s: %s; not ready until the keys are read", self.gate.store_name, exc)
 
     def refresh_secrets(self) -> None:
-        """Read the secret values again: provider keys, the admin key, proxy credentials."""
+        """Read the secret values again: provider keys, the admin key, proxy credentials, Redis's password."""
         names = [p.api_key_env for p in self.base_plan.providers.values()]
         names.append(self.settings.admin_key_env)
+        if self.base_plan.redis is not None:
+            names.append(self.base_plan.redis.password_env)
         self.scrubber.update([*env_values(names), *proxy_secrets(), *self.extra_secrets])
         self.gate.forget_tokens()
 
@@ -220,6 +234,8 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
+        if self.link is not None:
+            await self.link.start()
         self.accept_plan(self.base_plan)
         for w in self.warnings():
             log.warning("%s", w)
@@ -265,6 +281,9 @@ class Gateway:
         await self.gate.close()
         if self.signals is not None:
             await self.signals.close()
+        await self.cache.close()
+        if self.link is not None:
+            await self.link.close()
         await self.pool.close()
         for hook in self.on_shutdown:
             try:
@@ -341,7 +360,7 @@ class Gateway:
         exchange = door.open(scope, send) if door is not None else None
         if exchange is not None:  # every answer, errors included, in the door's own shape
             send = exchange.send
-        rid = declared = token = session = None
+        rid = declared = token = session = control = None
         for k, v in scope["headers"]:  # one pass for every header the gateway reads
             if k == b"x-request-id":
                 rid = v.decode("latin-1")
@@ -353,6 +372,8 @@ class Gateway:
                 token = v.strip()
             elif k == b"x-session-id":  # prefix_affinity's key, when the client gives one
                 session = v[:MAX_SESSION_CHARS].decode("latin-1")
+            elif k == b"cache-control":
+                control = v
         if not rid or len(rid) > 128 or not rid.isascii() or not rid.isprintable():
             # unique and cheaper than uuid4; 32 hex digits because llama-cpp-python answers 400 to an
             # x-request-id that does not parse as a UUID
@@ -384,16 +405,33 @@ class Gateway:
                 record.model = model
             if self.scrubber.values:  # a secret pasted as a model name never reaches a log
                 record.model = self.scrubber.text(record.model)
-            if key is not None:  # may: this model, within these limits
+            if key is not None:  # may: this model, within these limits (here, or in Redis)
                 if key.models:
                     self.gate.check_model(key, record.model, plan)
                 if key.limited:
-                    ticket = self.gate.admit(key, payload, len(body), endpoint, plan.auth.reserve_tokens)
+                    reserve = plan.auth.reserve_tokens
+                    if self.gate.remote is None:
+                        ticket = self.gate.admit(key, payload, len(body), endpoint, reserve)
+                    else:
+                        ticket = await self.gate.admit_shared(key, payload, len(body), endpoint, reserve)
                     if ticket is not None and ticket.headers:
                         send = _adding_headers(send, ticket.headers)
-            ext = scope.get("extensions")
-            notify = ext.get("aib.on_disconnect") if ext else None
-            await self.proxy.handle(plan, endpoint, payload, record, receive, send, notify, session)
+            # cache: this exact request answered before? (only routes that cache look)
+            look = (
+                await self.cache.lookup(plan, endpoint, payload, record, key, control)
+                if plan.caches
+                else None
+            )
+            if look is not None and look.entry is not None:  # a hit: the stored answer, no upstream
+                await self.cache.replay(look, record, send)
+            else:  # route: resolve, balance, attempt, fall back; the answer streams back
+                if look is not None:  # x-aib-cache on the answer, and a copy to store
+                    send = look.wrap(send, self.cache.max_entry)
+                ext = scope.get("extensions")
+                notify = ext.get("aib.on_disconnect") if ext else None
+                await self.proxy.handle(plan, endpoint, payload, record, receive, send, notify, session)
+                if look is not None:
+                    self.cache.store(look, record)  # a complete, successful answer only
         except GatewayError as err:
             if err.code == "model_not_found" and key is not None and key.models:
                 err = model_not_found(record.model, self._suggest(key, record.model, plan))
@@ -402,11 +440,10 @@ class Gateway:
         except AuthError as err:
             record.status, record.error, record.error_code = err.status, err.message, err.code
             await send_error(send, auth_error(err), rid)
-        except LimitExceeded as exc:
-            record.status, record.error, record.error_code = 429, exc.message, exc.code
-            await send_error(
-                send, GatewayError(429, exc.message, "rate_limit_exceeded", exc.code), rid, exc.headers
-            )
+        except LimitExceeded as exc:  # 429; 503 when Redis is down under on_redis_error: deny
+            record.status, record.error, record.error_code = exc.status, exc.message, exc.code
+            kind = "rate_limit_exceeded" if exc.status == 429 else "service_unavailable"
+            await send_error(send, GatewayError(exc.status, exc.message, kind, exc.code), rid, exc.headers)
         except ClientGone:
             record.client_disconnected = True
         except Exception as exc:  # a bug: answer in the envelope, log the stack, never show it
@@ -553,7 +590,14 @@ class Gateway:
                     report["providers"][name]["signals"] = sig
         report["inflight"] = self.inflight
         report["uptime_s"] = round(time.time() - self.state.started_at, 1)
-        report["auth"] = {"mode": plan.auth.mode, "keys": len(self.gate.keys) if self.gate.store else None}
+        report["auth"] = {
+            "mode": plan.auth.mode,
+            "store": plan.auth.store,
+            "keys": len(self.gate.keys) if self.gate.store else None,
+        }
+        report["cache"] = {"backend": self.cache.backend, "routes": plan.caches, **self.cache.counters()}
+        if self.link is not None:  # per process, like health and breakers (docs/scaling.md)
+            report["redis"] = self.link.describe()
         warnings = self.warnings()
         if warnings:
             report["warnings"] = warnings
@@ -565,7 +609,8 @@ class Gateway:
         await send_json(send, 200, b'{"status":"alive"}')
 
     async def health_ready(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ok = self.ready
+        # with keys in Redis, a replica that has never read them would refuse every key: not ready
+        ok = self.ready and (self.plan.auth.mode != "keys" or self.gate.generation >= 0)
         await send_json(
             send,
             200 if ok else 503,

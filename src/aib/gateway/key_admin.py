@@ -124,7 +124,7 @@ class KeyAdmin:
             if key is None:
                 await send_error(send, _no_key(ident))
                 return
-            day, month = self.gateway.gate.usage_today(key)
+            day, month = await asyncio.to_thread(self.gateway.gate.usage_today, key)  # Redis: a read
             await send_json(
                 send, 200, orjson.dumps({**key.public(), "tokens_today": day, "tokens_this_month": month})
             )

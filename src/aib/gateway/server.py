@@ -84,6 +84,13 @@ def build_gateway(
         gateway.worker = {"index": worker.index, "count": worker.count, "pid": os.getpid()}
         run_dir = Path(worker.run_dir)
         cluster = Cluster(run_dir, worker.leader, worker.supervisor_pid)
+        if gateway.cache.memory is not None:  # each worker's own memory cache: flush them all
+            from aib.cache.broadcast import FlushBroadcast
+
+            broadcast = FlushBroadcast(gateway.cache, run_dir / "cache-flush")
+            gateway.on_cache_flush.append(broadcast.announce)
+            gateway.on_startup.append(broadcast.start)
+            gateway.on_shutdown.append(broadcast.stop)
         if handle.metrics is not None:
             from aib.observe.shared import WorkerMetrics
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import time
+from dataclasses import dataclass
 
 
 def day_and_month(now: float) -> tuple[str, str]:
@@ -28,98 +29,98 @@ def next_month(now: float) -> float:
     return float(calendar.timegm((year, month, 1, 0, 0, 0)))
 
 
-class Ledger:
-    """One key's tokens as this process sees them: the store's totals (all processes, as last read)
-    and what this process charged since, has on its way to the store, and holds for requests in
-    flight. Kept for the process's life, so the limiter can hold on to it."""
-
-    __slots__ = ("day", "flushing", "month", "reserved", "store_day", "store_month")
-
-    def __init__(self) -> None:
-        self.store_day = self.store_month = 0  # the store's totals (every process)
-        self.day = self.month = 0  # charged here, not yet written to the store
-        self.reserved = 0  # held by this process's requests in flight
-        self.flushing = 0  # written, not yet in the totals read back
-
-    def used(self) -> tuple[int, int]:
-        extra = self.reserved + self.flushing
-        return self.store_day + self.day + extra, self.store_month + self.month + extra
+@dataclass(slots=True)
+class _Tally:
+    day: int = 0  # charged today by this process, not yet in the store's totals
+    month: int = 0
+    reserved: int = 0  # held by this process's requests in flight
+    flushing: int = 0  # on its way to the store: counted until the totals that include it arrive
 
 
 class Budgets:
     def __init__(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         self.day, self.month = day_and_month(now)
-        self.day_ends = next_day(now)
-        self.month_ends = next_month(now)
-        self._ledgers: dict[int, Ledger] = {}
+        self._day_ends = next_day(now)
+        self._month_ends = next_month(now)
+        self._totals: dict[int, tuple[int, int]] = {}  # key num -> the store's (day, month) totals
+        self._tally: dict[int, _Tally] = {}
 
-    def ledger(self, num: int) -> Ledger:
-        led = self._ledgers.get(num)
-        if led is None:
-            led = self._ledgers[num] = Ledger()
-        return led
-
-    def roll(self, now: float) -> None:
-        """Start a new UTC day (and month) once ``now`` is past midnight."""
-        if now < self.day_ends:
+    def _roll(self, now: float) -> None:
+        if now < self._day_ends:
             return
         new_day, new_month = day_and_month(now)
         month_changed = new_month != self.month
         self.day, self.month = new_day, new_month
-        self.day_ends = next_day(now)
-        self.month_ends = next_month(now)
-        for led in self._ledgers.values():
-            led.store_day = led.day = led.flushing = 0
+        self._day_ends = next_day(now)
+        self._month_ends = next_month(now)
+        self._totals = {n: (0, 0 if month_changed else m) for n, (_, m) in self._totals.items()}
+        for t in self._tally.values():
+            t.day = t.flushing = 0
             if month_changed:
-                led.store_month = led.month = 0
+                t.month = 0
 
     def today(self, now: float) -> str:
         """The UTC day of ``now`` (rolling the budgets over at midnight)."""
-        if now >= self.day_ends:
-            self.roll(now)
+        self._roll(now)
         return self.day
 
     def check(
-        self, led: Ledger, day_limit: int | None, month_limit: int | None, cost: int, now: float
+        self, num: int, day_limit: int | None, month_limit: int | None, cost: int, now: float
     ) -> tuple[str, float] | None:
         """None when ``cost`` more tokens fit both budgets, else (limit name, seconds until it resets)."""
-        if now >= self.day_ends:
-            self.roll(now)
-        extra = led.reserved + led.flushing + cost
-        if day_limit is not None and led.store_day + led.day + extra > day_limit:
-            return "tokens_per_day", self.day_ends - now
-        if month_limit is not None and led.store_month + led.month + extra > month_limit:
-            return "tokens_per_month", self.month_ends - now
+        self._roll(now)
+        day, month = self._totals.get(num, (0, 0))
+        t = self._tally.get(num)
+        if t is not None:
+            day += t.day + t.reserved + t.flushing
+            month += t.month + t.reserved + t.flushing
+        if day_limit is not None and day + cost > day_limit:
+            return "tokens_per_day", self._day_ends - now
+        if month_limit is not None and month + cost > month_limit:
+            return "tokens_per_month", self._month_ends - now
         return None
 
     def used(self, num: int) -> tuple[int, int]:
         """(today, this month) as this process sees it, reservations included."""
-        led = self._ledgers.get(num)
-        return led.used() if led is not None else (0, 0)
+        day, month = self._totals.get(num, (0, 0))
+        t = self._tally.get(num)
+        if t is not None:
+            extra = t.reserved + t.flushing
+            return day + t.day + extra, month + t.month + extra
+        return day, month
+
+    def reserve(self, num: int, tokens: int) -> None:
+        t = self._tally.get(num)
+        if t is None:
+            t = self._tally[num] = _Tally()
+        t.reserved += tokens
+
+    def settle(self, num: int, reserved: int, charged: int) -> None:
+        t = self._tally.get(num)
+        if t is None:
+            t = self._tally[num] = _Tally()
+        t.reserved -= reserved
+        t.day += charged
+        t.month += charged
 
     def take_pending(self) -> None:
         """The tally is on its way to the store (as usage rows): it counts as ``flushing`` until
         the totals that include it come back (:meth:`refreshed`)."""
-        for led in self._ledgers.values():
-            led.flushing += led.day
-            led.day = led.month = 0
+        for t in self._tally.values():
+            t.flushing += t.day
+            t.day = t.month = 0
 
     def refreshed(self, day: str, totals: dict[int, tuple[int, int]]) -> None:
         """The store's totals for ``day``, read after the tally was written."""
-        current = day == self.day
-        for num, led in self._ledgers.items():
-            led.flushing = 0
-            if current:
-                led.store_day, led.store_month = totals.get(num, (0, 0))
-        if current:
-            for num in totals.keys() - self._ledgers.keys():  # keys this process has not used yet
-                led = self.ledger(num)
-                led.store_day, led.store_month = totals[num]
+        for t in self._tally.values():
+            t.flushing = 0
+        if day == self.day:
+            self._totals = totals
 
     def forget_flush(self) -> None:
         """Writing the tally failed: count it again as charged here (it is retried next time)."""
-        for led in self._ledgers.values():
-            led.day += led.flushing
-            led.month += led.flushing
-            led.flushing = 0
+        for t in self._tally.values():
+            t.day += t.flushing
+            t.month += t.flushing
+            t.flushing = 0

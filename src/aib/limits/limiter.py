@@ -11,12 +11,12 @@ headers for the rates the key has.
 
 from __future__ import annotations
 
-from time import monotonic, time
+import time
 
 from aib.auth.keys import ClientKey
-from aib.limits.budgets import Budgets, Ledger
-from aib.limits.gcra import refund, take
-from aib.limits.slots import LocalSlots, Slots
+from aib.limits import gcra
+from aib.limits.budgets import Budgets
+from aib.limits.slots import Slots
 
 WINDOW_S = 60.0  # rpm and tpm are per minute
 Headers = list[tuple[bytes, bytes]]
@@ -32,30 +32,31 @@ MESSAGES = {
 
 
 class LimitExceeded(Exception):
-    """A key's limit refused the request: 429 with ``Retry-After`` and the rate headers."""
+    """A key's limit refused the request: 429 with ``Retry-After`` and the rate headers (503 when the
+    limits could not be checked: Redis down with ``on_redis_error: deny``)."""
 
-    def __init__(self, code: str, message: str, retry_after_s: float, headers: Headers) -> None:
+    def __init__(
+        self, code: str, message: str, retry_after_s: float, headers: Headers, status: int = 429
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
         self.headers = headers
+        self.status = status
 
 
 class Ticket:
     """What an admitted request holds until :meth:`Limiter.settle`."""
 
-    __slots__ = ("headers", "open", "reserved", "rule")
+    __slots__ = ("headers", "key", "lease", "open", "reserved")
 
-    def __init__(self, rule: _Rule, reserved: int, headers: Headers) -> None:
-        self.rule = rule
+    def __init__(self, key: ClientKey, reserved: int, headers: Headers, lease: str | None = None) -> None:
+        self.key = key
         self.reserved = reserved  # tokens reserved against the token rate and the budgets
         self.headers = headers
         self.open = True
-
-    @property
-    def key(self) -> ClientKey:
-        return self.rule.key
+        self.lease = lease  # Redis limits: this request's place among the key's requests in flight
 
 
 class _Rule:
@@ -64,32 +65,26 @@ class _Rule:
     __slots__ = (
         "budget_day",
         "budget_month",
+        "budgets",
         "conc",
         "key",
-        "ledger",
-        "num",
         "rpm",
         "rpm_b",
         "rpm_i",
-        "state",
         "tpm",
         "tpm_b",
         "tpm_i",
     )
 
-    def __init__(self, key: ClientKey, budgets: Budgets, local: LocalSlots | None) -> None:
+    def __init__(self, key: ClientKey) -> None:
         self.key = key
-        self.num = key.num
-        # one process's counters: the key's list itself (no lookup, no lock per request)
-        self.state = local.begin(key.num) if local is not None else None
         self.rpm, self.tpm, self.conc = key.rpm, key.tpm, key.concurrency
         self.rpm_i = WINDOW_S / key.rpm if key.rpm else 0.0
         self.tpm_i = WINDOW_S / key.tpm if key.tpm else 0.0
         self.rpm_b = b"%d" % key.rpm if key.rpm else b""
         self.tpm_b = b"%d" % key.tpm if key.tpm else b""
         self.budget_day, self.budget_month = key.budget_day, key.budget_month
-        has_budget = key.budget_day is not None or key.budget_month is not None
-        self.ledger: Ledger | None = budgets.ledger(key.num) if has_budget else None
+        self.budgets = key.budget_day is not None or key.budget_month is not None
 
 
 def duration(seconds: float) -> str:
@@ -124,7 +119,12 @@ class Limiter:
         self.slots = slots
         self.budgets = budgets or Budgets()
         self._rules: dict[int, _Rule] = {}
-        self._local = slots if isinstance(slots, LocalSlots) else None
+
+    def _rule(self, key: ClientKey) -> _Rule:
+        rule = self._rules.get(key.num)
+        if rule is None or rule.key is not key:
+            rule = self._rules[key.num] = _Rule(key)
+        return rule
 
     def admit(
         self, key: ClientKey, reserve: int, mono: float | None = None, now: float | None = None
@@ -133,111 +133,91 @@ class Limiter:
 
         ``mono``: the monotonic clock (rates, shared by every process of the machine); ``now``: wall
         time (budget days and months)."""
-        rule = self._rules.get(key.num)
-        if rule is None or rule.key is not key:
-            rule = self._rules[key.num] = _Rule(key, self.budgets, self._local)
         if mono is None:
-            mono = monotonic()
-        num = rule.num
-        state = rule.state
-        if state is None:  # shared counters: read and written under the slot's lock
-            state = self.slots.begin(num)
+            mono = time.monotonic()
+        rule = self._rule(key)
+        num = key.num
+        state = self.slots.begin(num)
         refused: tuple[str, int, float] | None = None
         rpm_tat, tpm_tat = state[0], state[1]
         try:
             if rule.conc is not None and state[2] >= rule.conc:
                 refused = ("concurrent_requests", rule.conc, 1.0)
-            else:
-                if rule.rpm_i:
-                    rpm_tat, wait = take(rpm_tat, mono, 1, rule.rpm_i, WINDOW_S)
-                    if wait:
-                        refused = ("requests_per_minute", rule.rpm or 0, wait)
-                if refused is None and rule.tpm_i:
-                    tpm_tat, wait = take(tpm_tat, mono, reserve, rule.tpm_i, WINDOW_S)
-                    if wait:
-                        refused = ("tokens_per_minute", rule.tpm or 0, wait)
-                led = rule.ledger
-                if refused is None and led is not None:
-                    over = self.budgets.check(
-                        led, rule.budget_day, rule.budget_month, reserve, time() if now is None else now
-                    )
-                    if over is not None:
-                        limit = rule.budget_day if over[0] == "tokens_per_day" else rule.budget_month
-                        refused = (over[0], limit or 0, over[1])
+            elif rule.rpm_i:
+                rpm_tat, wait = gcra.take(rpm_tat, mono, 1, rule.rpm_i, WINDOW_S)
+                if wait:
+                    refused = ("requests_per_minute", rule.rpm or 0, wait)
+            if refused is None and rule.tpm_i:
+                tpm_tat, wait = gcra.take(tpm_tat, mono, reserve, rule.tpm_i, WINDOW_S)
+                if wait:
+                    refused = ("tokens_per_minute", rule.tpm or 0, wait)
+            if refused is None and rule.budgets:
+                over = self.budgets.check(
+                    num, rule.budget_day, rule.budget_month, reserve, time.time() if now is None else now
+                )
+                if over is not None:
+                    limit = rule.budget_day if over[0] == "tokens_per_day" else rule.budget_month
+                    refused = (over[0], limit or 0, over[1])
             if refused is None:
                 state[0], state[1] = rpm_tat, tpm_tat
         finally:
-            if rule.state is None:
-                self.slots.commit(num, state, 1 if refused is None else 0)
-        if refused is None and rule.state is not None:
-            state[2] += 1
-        headers = _headers(rule, state[0], state[1], mono) if rule.rpm_i or rule.tpm_i else []
+            self.slots.commit(num, state, 0 if refused is not None else 1)
+        headers = rate_headers(
+            rule,
+            state[0] - mono if state[0] > mono else 0.0,
+            state[1] - mono if state[1] > mono else 0.0,
+        )
         if refused is not None:
-            code, n, wait = refused
-            retry = max(int(wait + 0.999), 1)
-            headers.append((b"retry-after", b"%d" % retry))
-            message = MESSAGES[code].format(n=n, cost=reserve)
-            raise LimitExceeded(code, f"Rate limit exceeded: {message}. Retry after {retry}s.", wait, headers)
-        if rule.ledger is not None:
-            rule.ledger.reserved += reserve
-        return Ticket(rule, reserve, headers)
+            raise refusal(refused[0], refused[1], refused[2], reserve, headers)
+        if rule.budgets:
+            self.budgets.reserve(num, reserve)
+        return Ticket(key, reserve, headers)
 
     def settle(self, ticket: Ticket, used: int, mono: float | None = None) -> None:
         """The request is over and used ``used`` tokens (its reservation when it did not say)."""
         if not ticket.open:
             return
         ticket.open = False
-        rule = ticket.rule
-        state = rule.state
-        if state is not None:  # one process's counters
+        rule = self._rule(ticket.key)
+        num = ticket.key.num
+        state = self.slots.begin(num)
+        try:
             if rule.tpm_i and used != ticket.reserved:
-                state[1] = refund(state[1], ticket.reserved - used, rule.tpm_i)
-            state[2] -= 1
-        else:
-            num = rule.num
-            state = self.slots.begin(num)
-            try:
-                if rule.tpm_i and used != ticket.reserved:
-                    state[1] = refund(state[1], ticket.reserved - used, rule.tpm_i)
-            finally:
-                self.slots.commit(num, state, -1)
-        led = rule.ledger
-        if led is not None:
-            led.reserved -= ticket.reserved
-            led.day += used
-            led.month += used
+                state[1] = gcra.refund(state[1], ticket.reserved - used, rule.tpm_i)
+        finally:
+            self.slots.commit(num, state, -1)
+        if rule.budgets:
+            self.budgets.settle(num, ticket.reserved, used)
 
 
-def _headers(rule: _Rule, rpm_tat: float, tpm_tat: float, mono: float) -> Headers:
+def refusal(code: str, n: int, wait: float, cost: int, headers: Headers) -> LimitExceeded:
+    """The 429 of limit ``code`` (of ``n``), with ``Retry-After`` added to ``headers``."""
+    retry = max(int(wait + 0.999), 1)
+    headers.append((b"retry-after", b"%d" % retry))
+    message = MESSAGES[code].format(n=n, cost=cost)
+    return LimitExceeded(code, f"Rate limit exceeded: {message}. Retry after {retry}s.", wait, headers)
+
+
+def rate_headers(rule: _Rule, rpm_ahead: float, tpm_ahead: float) -> Headers:
+    """OpenAI's x-ratelimit-* for the rates ``rule`` has; ``*_ahead``: how far each GCRA state runs
+    ahead of now (0 when the bucket is full)."""
     out: Headers = []
     if rule.rpm_i:
-        ahead = rpm_tat - mono if rpm_tat > mono else 0.0
-        rem = int((WINDOW_S - ahead) / rule.rpm_i + 1e-9)
         out += (
             (b"x-ratelimit-limit-requests", rule.rpm_b),
-            (b"x-ratelimit-remaining-requests", b"%d" % rem if rem > 0 else b"0"),
             (
-                b"x-ratelimit-reset-requests",
-                _SECONDS[int(ahead + 0.999)]
-                if 1.0 <= ahead <= 60.0
-                else _MILLIS[int(ahead * 1000 + 0.5)]
-                if ahead < 1.0
-                else _reset(ahead),
+                b"x-ratelimit-remaining-requests",
+                b"%d" % max(int((WINDOW_S - rpm_ahead) / rule.rpm_i + 1e-9), 0),
             ),
+            (b"x-ratelimit-reset-requests", _reset(rpm_ahead)),
         )
     if rule.tpm_i:
-        ahead = tpm_tat - mono if tpm_tat > mono else 0.0
-        rem = int((WINDOW_S - ahead) / rule.tpm_i + 1e-9)
         out += (
             (b"x-ratelimit-limit-tokens", rule.tpm_b),
-            (b"x-ratelimit-remaining-tokens", b"%d" % rem if rem > 0 else b"0"),
             (
-                b"x-ratelimit-reset-tokens",
-                _SECONDS[int(ahead + 0.999)]
-                if 1.0 <= ahead <= 60.0
-                else _MILLIS[int(ahead * 1000 + 0.5)]
-                if ahead < 1.0
-                else _reset(ahead),
+                b"x-ratelimit-remaining-tokens",
+                b"%d" % max(int((WINDOW_S - tpm_ahead) / rule.tpm_i + 1e-9), 0),
             ),
+            (b"x-ratelimit-reset-tokens", _reset(tpm_ahead)),
         )
     return out

@@ -21,6 +21,7 @@ import orjson
 from aib.observe.records import RequestRecord
 from aib.observe.wire import (
     A_OK,
+    CACHE,
     STARTED_AT,
     STATUS,
     TOTAL_S,
@@ -101,6 +102,7 @@ def wire_fields(w: Wire, redact: Callable[[str | None], str | None]) -> dict[str
         "key": key,
         "door": door,
         "prompt_truncated": cut,
+        "cache": w[CACHE] if len(w) > CACHE else None,
     }
 
 
@@ -114,14 +116,14 @@ def human_line(f: dict[str, Any]) -> str:
     return _human(
         f["status"], f["endpoint"], f["model"], f["route"], f["provider"], f["upstream"], f["total_ms"],
         f["stream"], f["ttfb_ms"], f["prompt_tokens"], f["completion_tokens"], f["fallbacks"],
-        f["client_disconnected"], f["request_id"], f["error"], f["error_code"], f.get("key"),
+        f["client_disconnected"], f["request_id"], f["error"], f["error_code"], f.get("key"), f.get("cache"),
     )  # fmt: skip
 
 
 def _human(
     status: int, endpoint: str, model: str, route: str | None, provider: str | None, upstream: str | None,
     total_ms: float, stream: bool, ttfb_ms: float | None, pt: object, ct: object, fallbacks: int, gone: bool,
-    rid: str, error: str | None, code: str | None, key: str | None = None,
+    rid: str, error: str | None, code: str | None, key: str | None = None, cache: str | None = None,
 ) -> str:  # fmt: skip
     where = f"{route}:{provider}/{upstream}" if provider else (route or "unresolved")
     text = f"{status or '-'} {endpoint} {repr(model) if model else '-'} -> {where} {total_ms:.1f}ms"
@@ -135,6 +137,8 @@ def _human(
         text += " client-gone"
     if key:
         text += f" key={key}"
+    if cache:
+        text += f" cache={cache}"
     text += f" rid={rid}"
     if error:
         text += f" error={code or ''}: {error}"
@@ -354,7 +358,7 @@ class AccessLines:
         text = _human(
             status, endpoint, model, route, provider, upstream, int(total * 1e6 + 0.5) / 1000.0, stream,
             None if ttfb is None else int(ttfb * 1e6 + 0.5) / 1000.0, pt, ct, failed, gone, rid,
-            self.redact(err) if err else None, code, key,
+            self.redact(err) if err else None, code, key, w[CACHE] if len(w) > CACHE else None,
         )  # fmt: skip
         sec = int(created)
         last = self._second[0]

@@ -33,7 +33,7 @@ from prometheus_client.utils import floatToGoString
 from aib.limits import LIMIT_CODES
 from aib.observe.records import Attempt, RequestRecord
 from aib.observe.signal_metrics import signal_families
-from aib.observe.wire import Wire, to_wire
+from aib.observe.wire import CACHE, CACHE_LOOKUP_S, Wire, to_wire
 
 # LLM requests last from milliseconds (embeddings, errors) to minutes (long generations)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -41,6 +41,10 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 # the gateway's own added time: tens of microseconds to a few milliseconds
 OVERHEAD_BUCKETS = (
     0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+)  # fmt: skip
+# a cache lookup: microseconds in memory, a Redis round trip (up to its timeout)
+CACHE_LOOKUP_BUCKETS = (
+    0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 RELOAD_RESULTS = ("success", "failure")
@@ -142,6 +146,8 @@ class MetricsObserver:
         self._key_requests: dict[tuple[str, int], int] = {}  # (key name, status) -> requests
         self._key_tokens: dict[str, list[int]] = {}  # key name -> [prompt, completion]
         self._key_limited: dict[tuple[str, str], int] = {}  # (key name, limit) -> refusals
+        self._cache: dict[tuple[str, str], int] = {}  # (route, hit|miss|bypass|error) -> requests
+        self._cache_lookup: list[Any] = [0.0] + [0] * (len(CACHE_LOOKUP_BUCKETS) + 1)
         self._drop_sources: list[Callable[[], tuple[Mapping[str, int], int]]] = []
         self.before_collect: list[Callable[[], None]] = []  # fold what is batched before a scrape
         # `aib serve --workers N`: adds the other workers' counters at scrape time (aib.observe.shared)
@@ -183,6 +189,8 @@ class MetricsObserver:
                 if len(routes) >= _ROUTE_CACHE_MAX:
                     routes.clear()
                 routes[rkey] = route
+            if len(w) > CACHE and w[CACHE] is not None:
+                self._count_cache(route, w[CACHE], w[CACHE_LOOKUP_S])
             provider = provider or "none"
             key = (route, provider, endpoint, status or (499 if gone else 0))
             c = requests.get(key)
@@ -224,6 +232,14 @@ class MetricsObserver:
                 # a fallback: a failed attempt before the last, or an answer from a later route of the chain
                 if len(atts) > 1 or atts[-1][2] != how_route:
                     self._fallbacks[route] = self._fallbacks.get(route, 0) + 1
+
+    def _count_cache(self, route: str, result: str, lookup_s: float | None) -> None:
+        ck = (route, result)
+        self._cache[ck] = self._cache.get(ck, 0) + 1
+        if lookup_s is not None:
+            h = self._cache_lookup
+            h[0] += lookup_s
+            h[1 + bisect_left(CACHE_LOOKUP_BUCKETS, lookup_s)] += 1
 
     def _count_key(self, name: str, status: int, code: str | None, pt: object, ct: object) -> None:
         kr = self._key_requests
@@ -267,6 +283,9 @@ class MetricsObserver:
             "key_requests": self._key_requests,
             "key_tokens": self._key_tokens,
             "key_limited": self._key_limited,
+            "cache": self._cache,
+            "cache_lookup": self._cache_lookup,
+            **_store_counters(self.gateway),
             "inflight": self.gateway.inflight,
         }
 
@@ -296,6 +315,18 @@ class MetricsObserver:
         headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _store_counters(gateway: Any) -> dict[str, Any]:
+    """The response cache's and the Redis link's own counters (read from the gateway, duck-typed)."""
+    out: dict[str, Any] = {}
+    cache = getattr(gateway, "cache", None)
+    if cache is not None:
+        out["cache_store"] = cache.counters()
+    link = getattr(gateway, "link", None)
+    if link is not None:
+        out["redis_errors"] = dict(link.errors)
+    return out
 
 
 def _add(a: Any, b: Any) -> Any:
@@ -334,7 +365,7 @@ def _buckets(bounds: tuple[float, ...], counts: list[Any]) -> list[tuple[str, fl
 
 _LE: dict[tuple[float, ...], list[str]] = {
     b: [floatToGoString(x) for x in b] + ["+Inf"]  # type: ignore[no-untyped-call]  # le as Histogram writes it
-    for b in (DURATION_BUCKETS, TTFT_BUCKETS, OVERHEAD_BUCKETS)
+    for b in (DURATION_BUCKETS, TTFT_BUCKETS, OVERHEAD_BUCKETS, CACHE_LOOKUP_BUCKETS)
 }
 
 
@@ -440,6 +471,53 @@ class _RequestCollector(Collector):
             reloads.add_metric([result], float(n))
         yield reloads
         yield from _key_families(v)
+        yield from _cache_families(v)
+
+
+def _cache_families(v: dict[str, Any]) -> Iterator[Metric]:
+    """The response cache (aib.cache) and Redis (aib.shared.link)."""
+    results = CounterMetricFamily(
+        "aib_cache_requests",
+        "Requests of routes that cache, by what the cache did: hit, miss, bypass, error.",
+        labels=["route", "result"],
+    )
+    for (route, result), n in list(v.get("cache", {}).items()):
+        results.add_metric([route, result], float(n))
+    yield results
+    lookup = HistogramMetricFamily("aib_cache_lookup_seconds", "Time a cache lookup took (memory or Redis).")
+    h = list(v.get("cache_lookup") or [0.0] + [0] * (len(CACHE_LOOKUP_BUCKETS) + 1))
+    lookup.add_metric([], _buckets(CACHE_LOOKUP_BUCKETS, h[1:]), h[0])
+    yield lookup
+    store = v.get("cache_store") or {}
+    yield CounterMetricFamily(
+        "aib_cache_stored", "Answers written to the cache.", value=float(store.get("stored", 0))
+    )
+    yield CounterMetricFamily(
+        "aib_cache_stored_bytes",
+        "Bytes of answers written to the cache.",
+        value=float(store.get("stored_bytes", 0)),
+    )
+    if "entries" in store:  # the memory backend (per process, summed over workers)
+        yield GaugeMetricFamily(
+            "aib_cache_entries", "Answers in the memory cache.", value=float(store["entries"])
+        )
+        yield GaugeMetricFamily(
+            "aib_cache_bytes", "Bytes the memory cache holds.", value=float(store["bytes"])
+        )
+        yield CounterMetricFamily(
+            "aib_cache_evictions",
+            "Answers the memory cache dropped to make room (least recently used first).",
+            value=float(store["evictions"]),
+        )
+    if "redis_errors" in v:
+        errors = CounterMetricFamily(
+            "aib_redis_errors",
+            "Redis calls that failed or were skipped while Redis was down, by operation.",
+            labels=["op"],
+        )
+        for op, n in sorted(v["redis_errors"].items()):
+            errors.add_metric([op], float(n))
+        yield errors
 
 
 def _key_families(v: dict[str, Any]) -> Iterator[Metric]:
@@ -511,6 +589,13 @@ class _LiveCollector(Collector):
         yield br
         yield from signal_families(plan, state)  # backend signals (aib.observe.signal_metrics)
         yield InfoMetricFamily("aib_config", "The routing plan in use.", value={"version": str(plan.version)})
+        link = getattr(gw, "link", None)
+        if link is not None:
+            yield GaugeMetricFamily(
+                "aib_redis_up",
+                "1 while this process can use Redis, 0 while it is down.",
+                value=1.0 if link.ok else 0.0,
+            )
         if self.obs._drop_sources:
             dropped = CounterMetricFamily(
                 "aib_request_log_dropped",

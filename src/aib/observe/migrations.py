@@ -95,6 +95,12 @@ def m004_door(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN prompt_truncated INTEGER NOT NULL DEFAULT 0")
 
 
+@migration
+def m005_cache(db: sqlite3.Connection) -> None:
+    """What the response cache did: hit, miss, bypass, error (NULL: the route does not cache)."""
+    db.execute("ALTER TABLE requests ADD COLUMN cache TEXT")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the migrations ``db`` lacks (``db`` in autocommit mode); returns their names."""
     return _steps.apply(db, MIGRATIONS)

@@ -52,6 +52,8 @@ class RequestRecord:
     key_name: str | None = None  # the client key's name (auth.mode keys); never the key itself
     door: str = "openai"  # the API the client spoke: openai, anthropic, ollama, responses (aib.doors)
     prompt_truncated: bool = False  # an Ollama upstream cut the prompt to fit its context (num_ctx)
+    cache: str | None = None  # hit, miss, bypass, error (aib.cache.stage); None: the route does not cache
+    cache_lookup_s: float | None = None  # time the cache lookup took (memory or Redis)
 
     @property
     def fallbacks(self) -> int:

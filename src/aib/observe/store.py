@@ -16,9 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aib.observe.migrations import migrate
-from aib.observe.wire import (
-    Wire,
-)
+from aib.observe.wire import CACHE, Wire
 
 log = logging.getLogger("aib.requestlog")
 
@@ -34,13 +32,13 @@ REASON_TEXT = {
 REQUEST_COLUMNS = (
     "id", "request_id", "ts", "endpoint", "model", "route", "matched_by", "rule", "provider", "upstream", "status",
     "stream", "ttfb_ms", "total_ms", "overhead_ms", "prompt_tokens", "completion_tokens", "fallbacks", "error",
-    "error_code", "plan_version", "client_disconnected", "key_name", "door", "prompt_truncated",
+    "error_code", "plan_version", "client_disconnected", "key_name", "door", "prompt_truncated", "cache",
 )  # fmt: skip
 ATTEMPT_COLUMNS = (
     "req_id", "request_id", "n", "target", "provider", "route", "status", "error", "ttfb_ms", "duration_ms", "ok",
 )  # fmt: skip
 BODY_COLUMNS = ("req_id", "request", "response")
-ROWS_PER_INSERT = 100  # x 24 columns: far below SQLite's 32766 variables per statement
+ROWS_PER_INSERT = 100  # x 27 columns: far below SQLite's 32766 variables per statement
 DELETE_CHUNK = 5000
 
 Warn = Callable[[str, str], None]
@@ -254,7 +252,7 @@ class RequestStore:
                     1 if stream else 0, None if ttfb is None else int(ttfb * 1e6 + 0.5) / 1000.0, int(total * 1e6 + 0.5) / 1000.0,
                     int(over * 1e6 + 0.5) / 1000.0 if over > 0.0 else 0.0, pt if type(pt) is int else None,
                     ct if type(ct) is int else None, failed, _text(redact(err)) if err else None, code, version,
-                    1 if gone else 0, key, door, 1 if cut else 0,
+                    1 if gone else 0, key, door, 1 if cut else 0, w[CACHE] if len(w) > CACHE else None,
                 )
             )  # fmt: skip
             if self.log_bodies and (request_body or response_body):

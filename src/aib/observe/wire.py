@@ -47,7 +47,9 @@ from aib.observe.records import RequestRecord
     KEY_NAME,
     DOOR,
     PROMPT_TRUNCATED,
-) = range(26)  # fmt: skip  (append new fields at the end: writers of another version read by position)
+    CACHE,
+    CACHE_LOOKUP_S,
+) = range(28)  # fmt: skip  (append new fields at the end: writers of another version read by position)
 # positions in one attempt of ATTEMPTS
 A_TARGET, A_PROVIDER, A_ROUTE, A_STATUS, A_ERROR, A_TTFB_S, A_DURATION_S, A_OK = range(8)
 
@@ -77,7 +79,7 @@ def to_wire(r: RequestRecord) -> Wire:
         r.request_id, r.endpoint, r.model, r.started_at, r.stream, r.route, r.matched_by, r.rule, r.provider,
         r.upstream, r.status, r.error, r.error_code, r.ttfb_s, r.total_s, r.upstream_s, r.prompt_tokens,
         r.completion_tokens, r.client_disconnected, r.plan_version, wa, r.request_body, r.response_body,
-        r.key_name, r.door, r.prompt_truncated,
+        r.key_name, r.door, r.prompt_truncated, r.cache, r.cache_lookup_s,
     )  # fmt: skip
 
 

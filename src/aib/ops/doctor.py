@@ -1,8 +1,9 @@
 """`aib doctor`: every check of a setup in one screen, one line each, then a verdict.
 
 Checks, in order: the config (files, cross-references), the generated LiteLLM file, the gateway's and
-UI's ports, each provider (probed like the gateway probes it, with the models it serves), the running
-gateway and its ``/health``, the request log, and Prometheus when ``AIB_PROMETHEUS_URL`` is set.
+UI's ports, each provider (probed like the gateway probes it, with the models it serves), Redis when
+configured (:mod:`aib.ops.doctor_redis`), the running gateway and its ``/health``, the request log, and
+Prometheus when ``AIB_PROMETHEUS_URL`` is set.
 A check is ``ok`` (✓), ``warn`` (!, worth a look), ``fail`` (✗, broken) or ``skip`` (-, not run).
 Nothing here changes anything.
 """
@@ -340,10 +341,12 @@ def run_doctor(
     gateway = check_gateway(gateway_url, plan)
     report.checks.extend(check_ports(cfg, gateway_url, ui_port, gateway_answers="health" in gateway.data))
     if plan is not None:
+        from aib.ops.doctor_redis import redis_checks
         from aib.ops.doctor_sdk import sdk_checks
 
         report.checks.extend(check_providers(plan))
         report.checks.extend(sdk_checks(plan, gateway.data.get("health")))
+        report.checks.extend(redis_checks(plan, gateway.data.get("health")))
     else:
         report.checks.append(Check("providers", "skip", "config invalid; not probed"))
     report.checks.append(gateway)
