@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aib.cli.common import GatewayOpt, JsonOpt, console, fail, print_json
+from aib.cli.common import GatewayOpt, JsonOpt, UnusedConfigDirOpt, console, fail, print_json
 
 cache_app = typer.Typer(
     help="The response cache of a running gateway: stats, flush, inspect (docs/scaling.md).",
@@ -83,6 +83,7 @@ def _show_stats(gateway: str, s: dict[str, Any]) -> None:
 def stats(
     gateway: GatewayOpt = DEFAULT_GATEWAY,
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
     watch: Annotated[
         float | None,
         typer.Option("--watch", "-w", help="Show them again every SECONDS until Ctrl-C.", show_default=False),
@@ -110,6 +111,7 @@ def flush(
     ] = None,
     gateway: GatewayOpt = DEFAULT_GATEWAY,
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
 ) -> None:
     """Drop every cached answer (of one route)."""
     data = _call(gateway, "/flush", "POST", {"route": route} if route else {})
@@ -126,6 +128,7 @@ def inspect(
     key: Annotated[str, typer.Argument(help="The entry's key: an answer's x-aib-cache-key header.")],
     gateway: GatewayOpt = DEFAULT_GATEWAY,
     as_json: JsonOpt = False,
+    config_dir: UnusedConfigDirOpt = None,
 ) -> None:
     """One cached answer: its route, scope, age, time left, where it came from, and the answer."""
     data = _call(gateway, f"/entries/{key}")
