@@ -217,3 +217,14 @@ def _health_and_metrics(a: Any) -> None:
     assert httpx.get(f"{a.base_url}/health/ready", timeout=10).status_code == 200
     metrics = httpx.get(f"{a.base_url}/metrics", timeout=10).text
     assert "aib_redis_up 1.0" in metrics
+
+
+def test_a_key_read_back_from_redis_is_the_key_that_was_made(pair: tuple[Any, Any, RedisKeyStore]) -> None:
+    """Every field of a key survives Redis, and what is derived from them (whether it has limits) is
+    derived again: a stored derived field once made every read fail (the replicas never got ready)."""
+    _, _, store = pair
+    limited, _ = store.create("gail", rpm=5, models=("m",), metadata={"team": "vision"})
+    open_key, _ = store.create("hal")
+    back = {k.name: k for k in store.load()}
+    assert back["gail"] == limited and back["gail"].limited and back["gail"].models == ("m",)
+    assert back["hal"] == open_key and not back["hal"].limited

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, replace
+from dataclasses import fields, replace
 from typing import Any
 
 import orjson
@@ -30,14 +30,20 @@ USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "charged_token
 USAGE_KEEP_DAYS = 400
 
 
+# what a key is made of; derived fields (``limited``) are computed again on reading
+_STORED = tuple(f.name for f in fields(ClientKey) if f.init)
+
+
 def _to_json(key: ClientKey) -> bytes:
-    return orjson.dumps({**asdict(key), "models": list(key.models)})
+    d = {name: getattr(key, name) for name in _STORED}
+    d["models"] = list(key.models)
+    return orjson.dumps(d)
 
 
 def _from_json(raw: bytes) -> ClientKey:
     d = orjson.loads(raw)
     d["models"] = tuple(d.get("models") or ())
-    return ClientKey(**d)
+    return ClientKey(**{name: d[name] for name in _STORED if name in d})
 
 
 class RedisKeyStore:
