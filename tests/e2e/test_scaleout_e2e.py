@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aib.devtools.balancer import Balancer
 from aib.devtools.llamacpp import free_port
@@ -192,11 +193,26 @@ def test_a_cached_answer_made_on_replica_1_is_a_hit_on_replica_3(stack: Stack) -
     assert hit.headers["x-aib-cache-key"] == first.headers["x-aib-cache-key"]
 
 
+def unchecked_admissions(stack: Stack) -> int:
+    """Requests the replicas let through without their limits because Redis did not answer within
+    ``redis.timeout_s`` (``on_redis_error: allow``): each is counted in aib_redis_errors_total{op="limits"}."""
+    total = 0
+    for r in stack.replicas:
+        for family in text_string_to_metric_families(httpx.get(f"{r.url}/metrics", timeout=10).text):
+            for sample in family.samples:
+                if sample.name == "aib_redis_errors_total" and sample.labels.get("op") == "limits":
+                    total += int(sample.value)
+    return total
+
+
 def test_a_key_limited_to_n_per_minute_gets_exactly_its_bound_through_all_replicas(stack: Stack) -> None:
     """GCRA with rpm N: a full bucket of N at the first request, then one more each 60/N s. Over a run
     of T seconds from the first request sent to the last answer, exactly N + (intervals refilled)
-    pass: at least N (the load never stops asking), at most N + floor(N T / 60)."""
+    pass: at least N (the load never stops asking), at most N + floor(N T / 60), plus the requests a
+    replica let through unchecked while Redis was late (a busy machine can stall it past its 0.25 s
+    time limit; each such request is counted, and the bound holds with them)."""
     n = 40
+    unchecked_before = unchecked_admissions(stack)
     made = httpx.post(f"{stack.replicas[1].url}/admin/keys", json={"name": "limited", "rpm": n}, timeout=10)
     assert made.status_code == 201, made.text
     load = Load(stack.url, made.json()["key"], model="plain", limit=600)
@@ -214,7 +230,9 @@ def test_a_key_limited_to_n_per_minute_gets_exactly_its_bound_through_all_replic
     assert passed + len(refused) == len(load.results), [
         o for o in load.results if o.status not in (200, 429)
     ][:3]
-    assert n <= passed <= n + int(n * t / 60), (passed, t)
+    unchecked = unchecked_admissions(stack) - unchecked_before
+    assert n <= passed <= n + int(n * t / 60) + unchecked, (passed, t, unchecked)
+    assert unchecked < len(load.results) // 4, unchecked  # an exception, not the rule
     assert {o.replica for o in load.results if o.status == 200} == {1, 2, 3}  # spread over all three
 
 
