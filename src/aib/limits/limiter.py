@@ -16,7 +16,7 @@ import time
 from aib.auth.keys import ClientKey
 from aib.limits import gcra
 from aib.limits.budgets import Budgets
-from aib.limits.slots import Slots
+from aib.limits.slots import LocalSlots, Slots
 
 WINDOW_S = 60.0  # rpm and tpm are per minute
 Headers = list[tuple[bytes, bytes]]
@@ -49,10 +49,18 @@ class LimitExceeded(Exception):
 class Ticket:
     """What an admitted request holds until :meth:`Limiter.settle`."""
 
-    __slots__ = ("headers", "key", "lease", "open", "reserved")
+    __slots__ = ("headers", "key", "lease", "open", "reserved", "rule")
 
-    def __init__(self, key: ClientKey, reserved: int, headers: Headers, lease: str | None = None) -> None:
+    def __init__(
+        self,
+        key: ClientKey,
+        reserved: int,
+        headers: Headers,
+        lease: str | None = None,
+        rule: _Rule | None = None,
+    ) -> None:
         self.key = key
+        self.rule = rule  # local limits: the rule it was admitted under (no lookup at settle)
         self.reserved = reserved  # tokens reserved against the token rate and the budgets
         self.headers = headers
         self.open = True
@@ -71,13 +79,16 @@ class _Rule:
         "rpm",
         "rpm_b",
         "rpm_i",
+        "state",
         "tpm",
         "tpm_b",
         "tpm_i",
     )
 
-    def __init__(self, key: ClientKey) -> None:
+    def __init__(self, key: ClientKey, local: LocalSlots | None = None) -> None:
         self.key = key
+        # one process's counters: the key's own list (no lookup and no lock per request)
+        self.state = local.begin(key.num) if local is not None else None
         self.rpm, self.tpm, self.conc = key.rpm, key.tpm, key.concurrency
         self.rpm_i = WINDOW_S / key.rpm if key.rpm else 0.0
         self.tpm_i = WINDOW_S / key.tpm if key.tpm else 0.0
@@ -119,11 +130,12 @@ class Limiter:
         self.slots = slots
         self.budgets = budgets or Budgets()
         self._rules: dict[int, _Rule] = {}
+        self._local = slots if isinstance(slots, LocalSlots) else None
 
     def _rule(self, key: ClientKey) -> _Rule:
         rule = self._rules.get(key.num)
         if rule is None or rule.key is not key:
-            rule = self._rules[key.num] = _Rule(key)
+            rule = self._rules[key.num] = _Rule(key, self._local)
         return rule
 
     def admit(
@@ -135,9 +147,13 @@ class Limiter:
         time (budget days and months)."""
         if mono is None:
             mono = time.monotonic()
-        rule = self._rule(key)
+        rule = self._rules.get(key.num)
+        if rule is None or rule.key is not key:
+            rule = self._rules[key.num] = _Rule(key, self._local)
         num = key.num
-        state = self.slots.begin(num)
+        state = rule.state
+        if state is None:  # counters shared by the workers: read and written under the slot's lock
+            state = self.slots.begin(num)
         refused: tuple[str, int, float] | None = None
         rpm_tat, tpm_tat = state[0], state[1]
         try:
@@ -161,31 +177,44 @@ class Limiter:
             if refused is None:
                 state[0], state[1] = rpm_tat, tpm_tat
         finally:
-            self.slots.commit(num, state, 0 if refused is not None else 1)
-        headers = rate_headers(
-            rule,
-            state[0] - mono if state[0] > mono else 0.0,
-            state[1] - mono if state[1] > mono else 0.0,
+            if rule.state is None:
+                self.slots.commit(num, state, 0 if refused is not None else 1)
+        if refused is None and rule.state is not None:
+            state[2] += 1
+        headers = (
+            rate_headers(
+                rule,
+                state[0] - mono if state[0] > mono else 0.0,
+                state[1] - mono if state[1] > mono else 0.0,
+            )
+            if rule.rpm_i or rule.tpm_i
+            else []
         )
         if refused is not None:
             raise refusal(refused[0], refused[1], refused[2], reserve, headers)
         if rule.budgets:
             self.budgets.reserve(num, reserve)
-        return Ticket(key, reserve, headers)
+        return Ticket(key, reserve, headers, None, rule)
 
     def settle(self, ticket: Ticket, used: int, mono: float | None = None) -> None:
         """The request is over and used ``used`` tokens (its reservation when it did not say)."""
         if not ticket.open:
             return
         ticket.open = False
-        rule = self._rule(ticket.key)
+        rule = ticket.rule or self._rule(ticket.key)
         num = ticket.key.num
-        state = self.slots.begin(num)
-        try:
+        state = rule.state
+        if state is not None:  # one process's counters
             if rule.tpm_i and used != ticket.reserved:
                 state[1] = gcra.refund(state[1], ticket.reserved - used, rule.tpm_i)
-        finally:
-            self.slots.commit(num, state, -1)
+            state[2] -= 1
+        else:
+            state = self.slots.begin(num)
+            try:
+                if rule.tpm_i and used != ticket.reserved:
+                    state[1] = gcra.refund(state[1], ticket.reserved - used, rule.tpm_i)
+            finally:
+                self.slots.commit(num, state, -1)
         if rule.budgets:
             self.budgets.settle(num, ticket.reserved, used)
 
@@ -203,21 +232,31 @@ def rate_headers(rule: _Rule, rpm_ahead: float, tpm_ahead: float) -> Headers:
     ahead of now (0 when the bucket is full)."""
     out: Headers = []
     if rule.rpm_i:
+        rem = int((WINDOW_S - rpm_ahead) / rule.rpm_i + 1e-9)
         out += (
             (b"x-ratelimit-limit-requests", rule.rpm_b),
+            (b"x-ratelimit-remaining-requests", b"%d" % rem if rem > 0 else b"0"),
             (
-                b"x-ratelimit-remaining-requests",
-                b"%d" % max(int((WINDOW_S - rpm_ahead) / rule.rpm_i + 1e-9), 0),
+                b"x-ratelimit-reset-requests",
+                _MILLIS[int(rpm_ahead * 1000 + 0.5)]
+                if rpm_ahead < 1.0
+                else _SECONDS[int(rpm_ahead + 0.999)]
+                if rpm_ahead <= 60.0
+                else duration(rpm_ahead).encode(),
             ),
-            (b"x-ratelimit-reset-requests", _reset(rpm_ahead)),
         )
     if rule.tpm_i:
+        rem = int((WINDOW_S - tpm_ahead) / rule.tpm_i + 1e-9)
         out += (
             (b"x-ratelimit-limit-tokens", rule.tpm_b),
+            (b"x-ratelimit-remaining-tokens", b"%d" % rem if rem > 0 else b"0"),
             (
-                b"x-ratelimit-remaining-tokens",
-                b"%d" % max(int((WINDOW_S - tpm_ahead) / rule.tpm_i + 1e-9), 0),
+                b"x-ratelimit-reset-tokens",
+                _MILLIS[int(tpm_ahead * 1000 + 0.5)]
+                if tpm_ahead < 1.0
+                else _SECONDS[int(tpm_ahead + 0.999)]
+                if tpm_ahead <= 60.0
+                else duration(tpm_ahead).encode(),
             ),
-            (b"x-ratelimit-reset-tokens", _reset(tpm_ahead)),
         )
     return out

@@ -291,7 +291,7 @@ class RedisLimits:
                 self._add_ends(ends)
             raise
         code = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
-        headers = rate_headers(rule, float(res[2]), float(res[3]))
+        headers = rate_headers(rule, max(float(res[2]), 0.0), max(float(res[3]), 0.0))
         if code:
             wait = float(res[1])
             if code == "tokens_per_day":
