@@ -30,7 +30,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -67,7 +67,7 @@ class NativeInference:
     delay: float
     token_delay: float
     _get: Callable[[str], Any]
-    _mark_loaded: Callable[[Any], None]
+    _load: Callable[[Any], Awaitable[None]]  # waits load_delay (counted in loads) unless in memory
     _take_failure: Callable[[], tuple[int, str] | None]
     _reply_text: Callable[[str, list[dict[str, Any]]], str]
     _embed_vector: Callable[[str, str, int], list[float]]
@@ -110,7 +110,6 @@ class NativeInference:
             return _error(404, f"model '{name}' not found")
         if capability not in m.capabilities:
             return _error(400, f'"{name}" does not support {what}')
-        self._mark_loaded(m)
         return m
 
     async def _api_chat(self, request: web.Request) -> web.StreamResponse:
@@ -126,6 +125,7 @@ class NativeInference:
         m = self._model(body, "completion", "chat" if chat else "generate")
         if isinstance(m, web.Response):
             return m
+        await self._load(m)  # a model not in memory is loaded first, as Ollama does
         messages = body.get("messages") if chat else None
         if chat and not isinstance(messages, list):
             messages = []
@@ -228,6 +228,7 @@ class NativeInference:
         m = self._model(body, "embedding", "embeddings")
         if isinstance(m, web.Response):
             return m
+        await self._load(m)  # a model not in memory is loaded first, as Ollama does
         inp = body.get("input")
         if isinstance(inp, str):
             inputs = [inp]
@@ -258,6 +259,7 @@ class NativeInference:
         m = self._model(body, "embedding", "embeddings")
         if isinstance(m, web.Response):
             return m
+        await self._load(m)  # a model not in memory is loaded first, as Ollama does
         prompt = body.get("prompt")
         vector = (
             self._embed_vector(m.name, prompt, m.embedding_length)
