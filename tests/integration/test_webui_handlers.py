@@ -419,3 +419,42 @@ def test_a_health_report_that_is_not_one(stack: Stack) -> None:
         assert LOG_OFF.startswith("The request log is off, so there is nothing to show: run the gateway")
     finally:
         ctx.close()
+
+
+def test_with_keys_on_the_ui_uses_the_key_from_the_environment(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auth.mode keys: the UI sends $AIB_API_KEY (else $AIB_ADMIN_KEY) for models and chat and
+    $AIB_ADMIN_KEY for /health; without them the header says the gateway refused."""
+    monkeypatch.setenv("AIB_ADMIN_KEY", "admin-secret-for-the-ui-test")
+    monkeypatch.delenv("AIB_API_KEY", raising=False)
+    providers = f"""
+        providers:
+          up: {{type: openai_compatible, base_url: "{stack.up.base_url}", models: [m1]}}
+          dead: {{type: openai_compatible, base_url: "{dead_url()}", models: [m0]}}
+    """
+    mappings = "auth: {mode: keys}\nmodels:\n  m1: {provider: up}\n  broken: {provider: dead, upstream: m0}\n"
+    plan = plan_from_yaml(tmp_path / "config", providers, mappings)
+    with running_gateway(plan, gateway_settings(health_checks=True)) as rg:
+        rg.wait_first_probe()
+        ctx = UIContext(rg.base_url, None)
+        try:
+            line, chat_dd, *_ = refresh_models(ctx, None, None)
+            assert ("broken (⚠ dead is unhealthy)", "broken") in chat_dd[
+                "choices"
+            ]  # /health read with the admin key
+            assert line == f"Gateway {rg.base_url} · **up** · 2 models · ⚠ provider down for broken"
+            stack.up.enqueue(Reply.sse(["keyed"]))
+            _, (bot, _, _, state, *_) = last(chat.send(ctx, "hi", [], "m1", "", 0.7, 8))
+            assert state == "Done." and bot[-1]["content"].startswith("keyed")
+            assert health.refresh(ctx)[0].startswith("Gateway **degraded**: 1 of 2 providers healthy")
+        finally:
+            ctx.close()
+        monkeypatch.delenv("AIB_ADMIN_KEY")
+        monkeypatch.setenv("AIB_API_KEY", "not-a-key")
+        ctx = UIContext(rg.base_url, None)
+        try:
+            line, *_ = refresh_models(ctx, None, None)
+            assert line.startswith("⚠ **down**: ") and "(401)" in line, line
+        finally:
+            ctx.close()
