@@ -191,7 +191,9 @@ class Gate:
             else:
                 key = self.keys.get(sha256(token).digest())
                 if key is None:  # never remembered: made-up keys cannot fill the memory
-                    raise AuthError(401, "Invalid API key: this gateway knows no such key.", "invalid_api_key")
+                    raise AuthError(
+                        401, "Invalid API key: this gateway knows no such key.", "invalid_api_key"
+                    )
             if len(self._tokens) >= TOKEN_CACHE_MAX:
                 self._tokens.clear()
             self._tokens[token] = key
