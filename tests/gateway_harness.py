@@ -152,8 +152,10 @@ def running_gateway(
     loop: str = "uvloop",
     startup_timeout: float = 10.0,
     setup: Callable[[Gateway], object] | None = None,
+    port: int = 0,
 ) -> Iterator[RunningGateway]:
-    """Serve the gateway on a free port in a background thread for the ``with`` block.
+    """Serve the gateway on a free port (or ``port``, e.g. to bring a stopped gateway back at the
+    same address) in a background thread for the ``with`` block.
 
     ``source`` is a plan, a ``(plan, loaded_config)`` pair (breaker settings come from the config)
     or a config folder. Startup is complete (lifespan ran, ``/health/live`` answers) when this yields.
@@ -172,7 +174,7 @@ def running_gateway(
         setup(gw)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, 0))
+    sock.bind((HOST, port))
     port = sock.getsockname()[1]
     holder: dict[str, Any] = {}
 

@@ -481,6 +481,25 @@ def test_stats_per_model(filled: Path) -> None:
         assert [s["model"] for s in rl.stats(model="big")] == ["big"]
 
 
+def test_stats_tell_unreported_tokens_and_unknown_names_and_the_keys_seen(tmp_path: Path) -> None:
+    rlog = RequestLog(tmp_path / "r.db", flush_interval_s=0.01).start()
+    try:
+        rlog.request_done(make_record("quiet", prompt_tokens=None, completion_tokens=None, key_name="bob"))
+        rlog.request_done(make_record("typo", status=404, route=None, provider=None, error="unknown model",
+                                      error_code="model_not_found", key_name="alice"))  # fmt: skip
+        rlog.request_done(make_record("llama3"))
+        assert rlog.flush(5)
+    finally:
+        rlog.close()
+    with RequestLogReader(tmp_path / "r.db") as rl:
+        stats = {s["model"]: s for s in rl.stats()}
+        assert stats["quiet"]["tokens_reported"] is False and stats["quiet"]["prompt_tokens"] == 0
+        assert stats["llama3"]["tokens_reported"] is True and stats["llama3"]["not_found"] == 0
+        assert stats["typo"]["not_found"] == 1 == stats["typo"]["requests"]
+        assert rl.key_names() == ["alice", "bob"]
+        assert rl.key_names(since=time.time() + 60) == []
+
+
 def test_reader_helpers(tmp_path: Path) -> None:
     with pytest.raises(RequestLogMissing, match="AIB_REQUEST_LOG"):
         RequestLogReader(tmp_path / "none.db")

@@ -93,14 +93,30 @@ def test_rows_are_counted_per_bucket_and_model_with_errors_tokens_and_percentile
     assert not s.empty
 
 
-def test_buckets_align_to_their_width_and_cover_the_range_to_now() -> None:
-    s = shaping.bucket_rows([row(T0 + 30)], since=T0 + 7, until=T0 + 3600, bucket_s=120)
-    assert s.starts[0] == T0  # floor of `since` to a multiple of 120 s
-    assert s.starts[-1] <= T0 + 3600 < s.starts[-1] + 120
-    assert len(s.starts) == 31
-    assert s.requests["m1"][0] == 1
+def test_buckets_align_to_their_width_and_cover_the_data_not_the_whole_range() -> None:
+    rows = [row(T0 + 130), row(T0 + 400)]
+    s = shaping.bucket_rows(rows, since=T0 - 7 * 86400, until=T0 + 3600, bucket_s=120)
+    assert s.starts[0] == T0 + 120  # the oldest row's bucket, a multiple of 120 s: not a week ago
+    assert s.starts[-1] <= T0 + 400 < s.starts[-1] + 120  # the newest row's bucket: not "now"
+    assert len(s.starts) == 3
+    assert s.requests["m1"] == [1, 0, 1]
     assert s.error_rate[1] is None  # nothing to rate in an empty bucket
     assert s.p50_ms[1] is None
+    picked = shaping.bucket_rows(rows, since=T0 - 7 * 86400, until=T0 + 3600)
+    assert picked.bucket_s == shaping.pick_bucket(270)  # the width fits the data's span too
+
+
+def test_tokens_nobody_reported_are_none_not_zero() -> None:
+    rows = [row(T0, prompt_tokens=None, completion_tokens=None), row(T0 + 20, completion_tokens=None)]
+    s = shaping.bucket_rows(rows, since=None, until=T0 + 20, bucket_s=10)
+    assert s.prompt_tokens == [None, None, 3]
+    assert s.completion_tokens == [None, None, None]
+
+
+def test_unknown_model_names_count_as_one_unknown_series() -> None:
+    rows = [row(T0, "typo", status=404), row(T0 + 1, "other-typo", status=404), row(T0 + 2)]
+    s = shaping.bucket_rows(rows, since=None, until=T0 + 2, unknown={"typo", "other-typo"})
+    assert s.requests == {shaping.UNKNOWN: [2], "m1": [1]}
 
 
 def test_everything_range_starts_at_the_oldest_row() -> None:
@@ -154,15 +170,50 @@ def test_summary_adds_every_model() -> None:
         "prompt_tokens": 30,
         "completion_tokens": 100,
         "models": 2,
+        "unknown": 0,
+        "unknown_requests": 0,
     }
     assert shaping.summary([])["error_rate"] is None
 
 
+def test_summary_says_none_for_tokens_nobody_reported_and_counts_unknown_names() -> None:
+    stats = [
+        stat("a", prompt_tokens=0, completion_tokens=0, tokens_reported=False),
+        stat("typo", requests=4, errors=4, not_found=4, prompt_tokens=0, completion_tokens=0, tokens_reported=False),
+    ]  # fmt: skip
+    total = shaping.summary(stats)
+    assert total["prompt_tokens"] is None and total["completion_tokens"] is None
+    assert (total["models"], total["unknown"], total["unknown_requests"]) == (1, 1, 4)
+
+
+def test_unknown_names_are_grouped_and_partly_unknown_models_are_not() -> None:
+    stats = [
+        stat("a", not_found=0),
+        stat("renamed", requests=10, not_found=3),  # routed once: still a model
+        stat("typo", requests=4, errors=4, not_found=4),
+        stat("tpyo", requests=2, errors=2, not_found=2),
+    ]
+    assert shaping.unknown_models(stats) == {"typo", "tpyo"}
+    grouped = shaping.group_unknown(stats)
+    assert [g["model"] for g in grouped] == ["a", "renamed", shaping.UNKNOWN]
+    unknown = grouped[-1]
+    assert (unknown["requests"], unknown["errors"], unknown["error_rate"], unknown["names"]) == (6, 6, 1.0, 2)
+    assert unknown["p50_ms"] is None and unknown["tokens_per_s"] is None
+    table = shaping.stats_table(grouped)
+    assert table[-1][0] == "(unknown, 2 names)"
+    assert table[-1][4:] == [shaping.DASH] * 7  # no latency, no tokens for requests nothing answered
+    assert shaping.group_unknown([stat("a")]) == [stat("a")]
+
+
 def test_stats_table_formats_numbers_and_marks_missing_values() -> None:
-    rows = shaping.stats_table([stat("a", p99_ms=12345.6), stat("b", tokens_per_s=None, ttft_p50_ms=None)])
+    rows = shaping.stats_table([
+        stat("a", p99_ms=12345.6, prompt_tokens=1234), stat("b", tokens_per_s=None, ttft_p50_ms=None),
+        stat("c", prompt_tokens=0, completion_tokens=0, tokens_reported=False),
+    ])  # fmt: skip
     assert len(rows[0]) == len(shaping.STATS_HEADERS)
-    assert rows[0] == ["a", 10, 1, "10.0", "100", "200", "12,346", "20", 30, 50, "40.0"]
+    assert rows[0] == ["a", 10, 1, "10.0", "100", "200", "12,346", "20", "1,234", "50", "40.0"]
     assert rows[1][7] == shaping.DASH and rows[1][10] == shaping.DASH
+    assert rows[2][8:10] == [shaping.DASH, shaping.DASH]  # never reported: not 0
 
 
 def test_markdown_table_escapes_pipes_and_newlines() -> None:
@@ -262,3 +313,17 @@ def test_per_model_figures() -> None:
 )  # fmt: skip
 def test_bucket_width_in_words(seconds: int, text: str) -> None:
     assert plots._width_text(seconds) == text
+
+
+def test_the_time_axis_spans_the_data_not_the_chosen_range() -> None:
+    """A week's range with ten minutes of requests: the axis shows those ten minutes."""
+    import datetime as dt
+
+    import matplotlib.dates as mdates
+
+    s = shaping.bucket_rows([row(T0 + 600), row(T0 + 1200)], since=T0 - 7 * 86400, until=T0 + 3600)
+    for fig in (plots.requests_over_time(s), plots.latency_over_time(s), plots.tokens_over_time(s)):
+        lo, hi = fig.axes[0].get_xlim()
+        start, end = (mdates.num2date(v).timestamp() for v in (lo, hi))
+        assert start == pytest.approx(dt.datetime.fromtimestamp(s.starts[0]).timestamp(), abs=1)
+        assert start <= T0 + 600 and T0 + 1200 < end <= T0 + 1200 + s.bucket_s

@@ -12,8 +12,8 @@ import openai
 import pytest
 
 from aib.observe.requestlog import RequestLog
-from aib.webui import chat, compare, health, history
-from aib.webui.context import LogProblem, UIContext
+from aib.webui import analytics, chat, compare, health, history, status
+from aib.webui.context import LOG_OFF, LogProblem, UIContext
 from aib.webui.gateway import Cancel, GatewayDown, ReplyMeta, build_messages, explain, root_url
 from observe_support import make_record
 
@@ -165,14 +165,42 @@ def test_compare_columns_show_progress_then_results() -> None:
 
     s = FakeStream()
     col = compare.Column("m1", s)  # type: ignore[arg-type]
-    assert (col.body(), col.stats()) == ("…", "waiting for the first token…")
+    dash = "\u2013"
+    assert (col.body(), col.meta(), col.figures()) == ("…", "waiting for the first token…", [dash] * 3)
     s.text, s.meta.ttft_s = "Hel", 0.5
-    assert (col.body(), col.stats()) == ("Hel", "first token 0.50 s · streaming…")
-    col.done, s.meta.total_s, s.meta.error = True, 1.0, "The provider failed."
-    assert (col.body(), col.stats()) == ("Hel\n\n⚠ The provider failed.", "failed after 1.00 s")
+    assert (col.body(), col.meta(), col.figures()) == ("Hel", "streaming…", ["0.50 s", dash, dash])
+    col.done, s.meta.total_s, s.meta.completion_tokens = True, 2.5, 10
+    assert col.figures() == ["0.50 s", "2.50 s", "5.0"]
+    assert col.stats() == "| first token | total | tokens/s |\n|---|---|---|\n| 0.50 s | 2.50 s | 5.0 |"
+    s.meta.error = "The provider failed."
+    assert (col.body(), col.meta()) == ("Hel\n\n⚠ The provider failed.", "failed after 2.50 s")
     s.text, s.meta.error = "", None
     assert col.body() == "*(no text)*"
     assert compare.check_models([" a ", "b", "a"]) == (["a", "b"], None)
+
+
+# --------------------------------------------------------------------------- the header: gateway and models
+
+
+def test_models_whose_provider_is_down_say_so_in_their_label_and_the_header() -> None:
+    report = {"providers": {"a": {"status": "healthy"}, "b": {"status": "unhealthy"},
+                            "c": {"status": "degraded"}, "d": {"status": "disabled"}, "e": {"status": "unknown"}}}  # fmt: skip
+    down = status.down_providers(report)
+    assert down == {"b": "unhealthy", "d": "disabled"}  # degraded still answers; unknown is not known down
+    catalog = [("m1", "a"), ("m2", "b"), ("g", "aib:group"), ("m4", "d"), ("m3", "c")]
+    choices, marked = status.model_choices(catalog, down)
+    assert choices == [("m1", "m1"), ("m2 (⚠ b is unhealthy)", "m2"), ("g", "g"),
+                       ("m4 (⚠ d is disabled)", "m4"), ("m3", "m3")]  # fmt: skip
+    assert marked == ["m2", "m4"]
+    assert (
+        status.header_line(GW, catalog, marked)
+        == f"Gateway {GW} · **up** · 5 models · ⚠ provider down for m2, m4"
+    )
+    assert status.header_line(GW, catalog[:1], []) == f"Gateway {GW} · **up** · 1 model"
+    assert status.header_line(GW, [], []).endswith(
+        "**up**, but it lists no models: check its configuration (`aib models`)."
+    )
+    assert status.down_providers(None) == {}
 
 
 # --------------------------------------------------------------------------- history and traces
@@ -203,6 +231,8 @@ def test_trace_shows_the_route_decision_attempts_and_timings() -> None:
     assert "**Answered by**: up/m1" in text
     assert "**Timings**: first byte 12.5 ms · total 250 ms · gateway overhead 0.4 ms" in text
     assert "**Tokens**: 3 in · 5 out" in text
+    assert " · key " not in text
+    assert " · model **m1** · streamed · key **alice**" in history.trace_markdown(trace(key_name="alice"))
     assert "**Attempts** (2, 1 failed before the answer)" in text
     assert "| 1 | dead/m0 | m1 | \u2013 | \u2013 | 1.0 | cannot connect \\| refused x |" in text
     assert "| 2 | up/m1 | m1 | 200 | 12.0 | 240 | ok |" in text
@@ -248,10 +278,15 @@ def test_history_rows_and_search() -> None:
               prompt_tokens=None, completion_tokens=None, ttfb_ms=None, error="dead is unreachable " * 20),
     ]  # fmt: skip
     table = history.table_rows(rows)
-    assert len(table[0]) == len(history.HEADERS)
+    assert len(table[0]) == len(history.HEADERS) == len(history.WIDTHS)
     assert table[0][1:] == ["r1", "m1", "up/m1", 200, "yes", "12.5", "250", "3/5", 1, ""]
     assert table[1][3] == "\u2013" and table[1][6] == "\u2013" and table[1][8] == "\u2013"
-    assert table[1][10].endswith("…") and len(table[1][10]) == 161
+    # one line, cut: the whole error is in the trace
+    assert table[1][10].endswith("…") and len(table[1][10]) == history.ERROR_CHARS
+    assert history.clip("a\nb  c", 10) == "a b c"
+    assert max(len(h) for h in history.HEADERS) <= 10  # short headers: one line each
+    long_id = "0123456789abcdef0123456789abcdef"
+    assert history.short_id(long_id) == "…456789abcdef" and history.short_id("r1") == "r1"
     assert history.matches(rows[1], "UNREACHABLE m2")
     assert history.matches(rows[1], "502")
     assert not history.matches(rows[0], "unreachable")
@@ -339,3 +374,74 @@ def test_request_log_is_read_while_the_gateway_writes_it(tmp_path: Path) -> None
         ctx.close()
     with sqlite3.connect(tmp_path / "requests.db") as db:
         assert db.execute("SELECT count(*) FROM requests").fetchone()[0] >= seen[-1]
+
+
+# --------------------------------------------------------------------------- client keys, unknown models
+
+
+@pytest.fixture
+def keyed_log(tmp_path: Path) -> Path:
+    """A request log with two client keys, requests without a key, an unknown model and a provider
+    that never reported tokens."""
+    log = RequestLog(tmp_path / "requests.db", flush_interval_s=0.01).start()
+    try:
+        for key, model, extra in (
+            ("alice", "m1", {}),
+            ("alice", "m1", {}),
+            ("bob", "m2", {"prompt_tokens": None, "completion_tokens": None}),
+            (None, "m1", {}),
+            ("bob", "typo", {"status": 404, "route": None, "provider": None, "error": "unknown model",
+                             "error_code": "model_not_found", "prompt_tokens": None, "completion_tokens": None}),
+        ):  # fmt: skip
+            log.request_done(make_record(model, key_name=key, **extra))
+        assert log.flush(5)
+    finally:
+        log.close()
+    return tmp_path / "requests.db"
+
+
+def test_history_filters_by_client_key_and_lists_the_keys_seen(keyed_log: Path) -> None:
+    ctx = UIContext(GW, keyed_log)
+    try:
+        rows, _, _, keys = history.search(ctx, "", None, "any", "1h")
+        assert len(rows) == 5 and keys == ["alice", "bob"]
+        rows, note, _, _ = history.search(ctx, "", None, "any", "1h", "bob")
+        assert sorted(r[2] for r in rows) == ["m2", "typo"] and note.startswith("2 requests match.")
+        assert len(history.search(ctx, "", None, "any", "1h", history.ALL_KEYS)[0]) == 5
+        assert history.search(ctx, "", None, "any", "1h", "carol")[0] == []
+    finally:
+        ctx.close()
+
+
+def test_analytics_filters_by_client_key_groups_unknown_names_and_dashes_unreported_tokens(
+    keyed_log: Path,
+) -> None:
+    ctx = UIContext(GW, keyed_log)
+    try:
+        every = analytics.load(ctx, "1h", analytics.ALL_MODELS, analytics.ALL_KEYS)
+        assert every["keys"] == ["alice", "bob"]
+        assert every["models"] == ["m1", "m2"]  # "typo" is no model
+        assert [s["model"] for s in every["stats"]] == ["m1", "m2", "(unknown)"]
+        assert "1 request for 1 unknown model name (404), shown as (unknown)" in every["summary"]
+        bob = analytics.load(ctx, "1h", None, "bob")
+        assert bob["summary"].startswith("**2 requests** (last hour, key bob) · errors 1 (50.0 %) · ")
+        assert "tokens \u2013 in / \u2013 out" in bob["summary"]  # bob's provider never reported tokens
+        m2 = next(line for line in bob["table"].splitlines() if line.startswith("| m2 |"))
+        assert m2.endswith("| \u2013 | \u2013 | \u2013 |")  # tokens in, out, tokens/s: unknown, not 0
+        assert set(bob["series"].requests) == {"m2", "(unknown)"}
+        out = analytics.refresh(ctx, "1h", "m1", "alice")
+        assert out[0].startswith("**2 requests** (last hour, m1, key alice)")
+        assert out[-1] == {"__type__": "update", "choices": ["All keys", "alice", "bob"], "value": "alice"}
+    finally:
+        ctx.close()
+
+
+def test_analytics_without_a_request_log_is_one_sentence() -> None:
+    ctx = UIContext(GW, None)
+    try:
+        out = analytics.refresh(ctx, "1h", None, None)
+        assert out[0] == f"⚠ {LOG_OFF}"
+        assert out[1] == {"__type__": "update", "visible": False}  # the plots' box: hidden
+        assert "AIB_REQUEST_LOG" in LOG_OFF and "--db" in LOG_OFF and LOG_OFF.count(". ") == 0
+    finally:
+        ctx.close()

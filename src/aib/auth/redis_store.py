@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import fields, replace
+from dataclasses import fields as dataclass_fields
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -31,7 +32,7 @@ USAGE_KEEP_DAYS = 400
 
 
 # what a key is made of; derived fields (``limited``) are computed again on reading
-_STORED = tuple(f.name for f in fields(ClientKey) if f.init)
+_STORED = tuple(f.name for f in dataclass_fields(ClientKey) if f.init)
 
 
 def _to_json(key: ClientKey) -> bytes:

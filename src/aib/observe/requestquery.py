@@ -136,6 +136,17 @@ class RequestLogReader:
         args.append(max(int(limit), 1))
         return [dict(r) for r in self.db.execute(sql, args)]
 
+    def key_names(self, since: float | None = None) -> list[str]:
+        """The client key names seen in the log (since ``since``), sorted; [] before keys existed."""
+        if "key_name" not in self.columns:
+            return []
+        sql = "SELECT DISTINCT key_name FROM requests WHERE key_name IS NOT NULL"
+        args: list[Any] = []
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        return sorted(r[0] for r in self.db.execute(sql, args))
+
     def trace(self, request_id: str) -> dict[str, Any] | None:
         """One request (the latest with this id, or a unique id prefix or suffix): route, attempts, timings."""
         cols = ", ".join(REQUEST_COLUMNS)
@@ -196,6 +207,8 @@ class RequestLogReader:
                    sum(fallbacks > 0) AS fell_back,
                    coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
                    coalesce(sum(completion_tokens), 0) AS completion_tokens,
+                   count(prompt_tokens) + count(completion_tokens) AS token_counts,
+                   sum(coalesce(error_code, '') = 'model_not_found') AS not_found,
                    sum(CASE WHEN completion_tokens > 0 THEN total_ms END) AS gen_ms,
                    min(ts) AS first_ts, max(ts) AS last_ts
                 FROM requests WHERE {cond} GROUP BY model ORDER BY requests DESC, model""",
@@ -210,6 +223,9 @@ class RequestLogReader:
                 "fallback_rate": r["fell_back"] / r["requests"],
                 "prompt_tokens": r["prompt_tokens"],
                 "completion_tokens": r["completion_tokens"],
+                # False: no request reported tokens (the two sums above are 0 for want of counts)
+                "tokens_reported": r["token_counts"] > 0,
+                "not_found": r["not_found"],  # requests refused as an unknown model (404)
                 "tokens_per_s": (r["completion_tokens"] / (gen_ms / 1000.0)) if gen_ms > 0 else None,
                 "first_ts": r["first_ts"],
                 "last_ts": r["last_ts"],

@@ -13,9 +13,8 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
-from aib.webui import analytics, chat, compare, health, history
-from aib.webui.context import WARN, UIContext
-from aib.webui.gateway import GatewayProblem
+from aib.webui import analytics, chat, compare, health, history, status
+from aib.webui.context import UIContext
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
@@ -25,6 +24,12 @@ CSS = """
 #chat-box sub { color: var(--body-text-color-subdued); }
 footer { display: none !important; }
 #health-table th, #health-table td:not(:last-child), #analytics-table th { white-space: nowrap; }
+/* History: one line per header and cell (long errors end in an ellipsis; the trace has them whole) */
+#history-table th, #history-table td { white-space: nowrap; }
+#history-table th, #history-table th *, #history-table [role='gridcell'], #history-table [role='gridcell'] * {
+  font-family: var(--font) !important; font-size: 13px !important; }
+.compare-figures table { width: 100%; table-layout: fixed; margin: 0; }
+.compare-figures th, .compare-figures td { text-align: right; white-space: nowrap; }
 """
 
 
@@ -56,24 +61,9 @@ def _theme() -> gr.themes.Base:
 
 
 def refresh_models(ctx: UIContext, chat_model: str | None, compare_models: list[str] | None) -> list[Any]:
-    """Outputs: header line, the chat model dropdown, the compare models dropdown."""
-    try:
-        models = ctx.gateway.models()
-    except GatewayProblem as exc:
-        return [f"{WARN} **down**: {exc}", gr.skip(), gr.skip()]
-    if not models:
-        line = f"Gateway {ctx.gateway.url} · **up**, but it lists no models: check its configuration (`aib models`)."
-    else:
-        line = f"Gateway {ctx.gateway.url} · **up** · {len(models)} model{'s' if len(models) != 1 else ''}"
-    keep = chat_model if chat_model else (models[0] if models else None)
-    chosen = [m for m in compare_models or [] if m]
-    if not chosen and len(models) >= 2:
-        chosen = models[:2]
-    return [
-        line,
-        gr.update(choices=models, value=keep),
-        gr.update(choices=models, value=chosen),
-    ]
+    """Outputs: header line, the chat model dropdown, the compare models dropdown (and the choices
+    shown, for the timer: :func:`aib.webui.status.refresh`)."""
+    return status.refresh(ctx, chat_model, compare_models)
 
 
 def create_ui(gateway_url: str, request_log_path: Path | str | None) -> gr.Blocks:
@@ -91,32 +81,48 @@ def create_ui(gateway_url: str, request_log_path: Path | str | None) -> gr.Block
 
 def _build(ctx: UIContext) -> gr.Blocks:
     dropdowns: list[gr.Dropdown] = []
-    with gr.Blocks(title="aib · ai-backend-unified", analytics_enabled=False) as demo:
+    # fill_width: the History table and the Compare columns need the whole window
+    with gr.Blocks(title="aib · ai-backend-unified", analytics_enabled=False, fill_width=True) as demo:
         with gr.Row(equal_height=True):
             gr.Markdown("## ai-backend-unified", elem_id="title")
             line = gr.Markdown(f"Gateway {ctx.gateway.url}", elem_id="gateway-line")
             reload_models = gr.Button(
                 "Reload models", size="sm", scale=0, min_width=140, elem_id="models-reload"
             )
-        with gr.Tabs():
+        shown = gr.State(None)  # the model choices on screen (label, name) pairs
+        # outside the tabs so that it ticks whichever tab is open (an unopened tab is not rendered)
+        timer = gr.Timer(health.AUTO_REFRESH_S)
+        with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
-                chat.build(ctx, dropdowns)
+                chat_tab = chat.build(ctx, dropdowns)
             with gr.Tab("Compare", id="compare"):
                 compare.build(ctx, dropdowns)
             with gr.Tab("Analytics", id="analytics", render_children=True) as analytics_tab:
                 a_fn, a_in, a_out = analytics.build(ctx)
             with gr.Tab("History", id="history") as history_tab:
-                h_fn, h_in, h_out = history.build(ctx)
+                hist = history.build(ctx)
             with gr.Tab("Health", id="health") as health_tab:
                 hl_fn, hl_in, hl_out = health.build(ctx)
 
         def _models(chat_model: str | None, compare_models: list[str] | None) -> list[Any]:
-            return refresh_models(ctx, chat_model, compare_models)
+            return status.refresh(ctx, chat_model, compare_models)
+
+        def _tick(chat_model: str | None, compare_models: list[str] | None, on_screen: Any) -> list[Any]:
+            report = health.fetch(ctx)  # one /health for the header and the Health tab
+            return [
+                *status.refresh(ctx, chat_model, compare_models, on_screen or [], report),
+                *health.render(report),
+            ]
+
+        def _trace(rid: str | None) -> list[Any]:
+            return [gr.Tabs(selected="history"), rid or "", history.open_trace(ctx, rid)]
 
         for trigger in (demo.load, reload_models.click):
-            trigger(_models, dropdowns, [line, *dropdowns], show_progress="hidden")
+            trigger(_models, dropdowns, [line, *dropdowns, shown], show_progress="hidden")
+        timer.tick(_tick, [*dropdowns, shown], [line, *dropdowns, shown, *hl_out], show_progress="hidden")
+        chat_tab.trace_button.click(_trace, chat_tab.last_id, [tabs, hist.wanted, hist.trace])
         analytics_tab.select(a_fn, a_in, a_out, show_progress="minimal")
-        history_tab.select(h_fn, h_in, h_out)
+        history_tab.select(hist.search, hist.inputs, hist.outputs)
         health_tab.select(hl_fn, hl_in, hl_out, show_progress="hidden")
     return demo  # type: ignore[no-any-return]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -26,7 +27,7 @@ def session_key(request: gr.Request | None, tab: str) -> str:
     return f"{getattr(request, 'session_hash', None) or 'local'}:{tab}"
 
 
-def _secs(v: float | None) -> str:
+def secs(v: float | None) -> str:
     return DASH if v is None else f"{v:.2f} s" if v < 10 else f"{v:.1f} s"
 
 
@@ -34,7 +35,7 @@ def meta_text(meta: ReplyMeta) -> str:
     """One line: where the reply went, first token, total, tokens, rate, request id."""
     if meta.error:
         rid = f" · id {meta.request_id}" if meta.request_id else ""
-        return f"{meta.model} · failed after {_secs(meta.total_s)}{rid}"
+        return f"{meta.model} · failed after {secs(meta.total_s)}{rid}"
     parts = []
     if meta.provider:
         parts.append(f"{meta.model} → {meta.provider}/{meta.upstream or meta.model}")
@@ -42,8 +43,8 @@ def meta_text(meta: ReplyMeta) -> str:
         parts.append(meta.model)
     if meta.fallbacks:
         parts.append(f"{meta.fallbacks} fallback{'s' if meta.fallbacks > 1 else ''}")
-    parts.append(f"first token {_secs(meta.ttft_s)}")
-    parts.append(f"total {_secs(meta.total_s)}")
+    parts.append(f"first token {secs(meta.ttft_s)}")
+    parts.append(f"total {secs(meta.total_s)}")
     if meta.completion_tokens is not None:
         approx = "~" if meta.tokens_estimated else ""
         prompt = f"{meta.prompt_tokens} → " if meta.prompt_tokens is not None else ""
@@ -82,6 +83,11 @@ def conversation(turns: list[Turn]) -> list[dict[str, str]]:
     return out
 
 
+def _enabled(on: bool = True) -> Any:
+    """A button enabled (``on``) or disabled: Send is disabled while a reply streams."""
+    return gr.update(interactive=on)
+
+
 def send(
     ctx: UIContext,
     message: str | None,
@@ -92,14 +98,20 @@ def send(
     max_tokens: float | None,
     request: gr.Request | None = None,
 ) -> Iterator[tuple[Any, ...]]:
-    """Stream one reply; yields (chatbot, turns, message box, status)."""
+    """Stream one reply; yields (chatbot, turns, message box, status, Send button, last request id,
+    the button opening its trace).
+
+    The message box is cleared once, when the message is taken; while the reply streams it is left
+    alone (``gr.skip()``), so what the user types meanwhile stays. Send is disabled until the reply
+    ends, fails or is stopped."""
     turns = list(turns or [])
     text = (message or "").strip()
     if not text:
-        yield display(turns), turns, message, "Type a message first."
+        yield display(turns), turns, gr.skip(), "Type a message first.", _enabled(), gr.skip(), gr.skip()
         return
     if not model:
-        yield display(turns), turns, message, "Choose a model first (the list comes from the gateway)."
+        problem = "Choose a model first (the list comes from the gateway)."
+        yield display(turns), turns, gr.skip(), problem, _enabled(), gr.skip(), gr.skip()
         return
     key = session_key(request, "chat")
     cancel = ctx.begin(key)
@@ -112,7 +124,7 @@ def send(
     )
     turn: Turn = {"user": text, "reply": "", "meta": f"{model} · waiting for the first token…", "ok": False}
     turns.append(turn)
-    yield display(turns), turns, "", f"Sent to {model}…"
+    yield display(turns), turns, "", f"Sent to {model}…", _enabled(False), gr.skip(), gr.skip()
     last = 0.0
     iterator = iter(stream)
     try:
@@ -122,7 +134,8 @@ def send(
             if now - last >= YIELD_EVERY_S:
                 last = now
                 turn["meta"] = f"{model} · streaming…"
-                yield display(turns), turns, "", f"Streaming from {model}…"
+                streaming = f"Streaming from {model}…"
+                yield display(turns), turns, gr.skip(), streaming, gr.skip(), gr.skip(), gr.skip()
     finally:
         iterator.close()  # type: ignore[attr-defined]
         ctx.end(key, cancel)
@@ -131,7 +144,8 @@ def send(
     if meta.error:
         turn["error"] = meta.error
     status = meta.error or ("Stopped." if meta.stopped else "Done.")
-    yield display(turns), turns, "", status
+    rid = meta.request_id or ""
+    yield display(turns), turns, gr.skip(), status, _enabled(), rid, gr.update(interactive=bool(rid))
 
 
 def stop(ctx: UIContext, request: gr.Request | None = None) -> Any:
@@ -139,9 +153,19 @@ def stop(ctx: UIContext, request: gr.Request | None = None) -> Any:
     return gr.skip() if ctx.stop(session_key(request, "chat")) else "Nothing is running."
 
 
-def build(ctx: UIContext, models_dropdowns: list[gr.Dropdown]) -> None:
+@dataclass
+class ChatTab:
+    """What the page wires to other tabs: the button that opens the last reply's trace in History,
+    and the request id it opens."""
+
+    trace_button: gr.Button
+    last_id: gr.State
+
+
+def build(ctx: UIContext, models_dropdowns: list[gr.Dropdown]) -> ChatTab:
     """The chat tab's components and events (call inside ``gr.Blocks``)."""
     turns = gr.State([])
+    last_id = gr.State("")
     with gr.Row():
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat-box", feedback_options=None)
@@ -154,7 +178,10 @@ def build(ctx: UIContext, models_dropdowns: list[gr.Dropdown]) -> None:
                 )
                 send_btn = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
                 stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
-            status = gr.Markdown("", elem_id="chat-status")
+            with gr.Row():
+                status = gr.Markdown("", elem_id="chat-status")
+                trace_btn = gr.Button("Open the last reply's trace in History", size="sm", scale=0,
+                                      min_width=280, interactive=False, elem_id="chat-trace")  # fmt: skip
         with gr.Column(scale=1, min_width=260):
             model = gr.Dropdown(
                 label="Model", allow_custom_value=True, elem_id="chat-model",
@@ -182,8 +209,14 @@ def build(ctx: UIContext, models_dropdowns: list[gr.Dropdown]) -> None:
         return stop(ctx, request)
 
     inputs = [box, turns, model, system, temperature, max_tokens]
-    outputs = [chatbot, turns, box, status]
-    box.submit(_send, inputs, outputs, show_progress="hidden")
-    send_btn.click(_send, inputs, outputs, show_progress="hidden")
+    outputs = [chatbot, turns, box, status, send_btn, last_id, trace_btn]
+    # one event for Enter and Send: while it runs (a reply streams), both are ignored (trigger_mode
+    # "once"); the Send button shows it by being disabled. The `then` re-enables Send even when the
+    # run died of an unexpected error.
+    gr.on(
+        [box.submit, send_btn.click], _send, inputs, outputs, show_progress="hidden", trigger_mode="once"
+    ).then(lambda: _enabled(), None, send_btn, show_progress="hidden")
     stop_btn.click(_stop, None, status, queue=False)
-    clear.click(lambda: ([], [], ""), None, [chatbot, turns, status], queue=False)
+    clear.click(lambda: ([], [], "", "", _enabled(False)), None, [chatbot, turns, status, last_id, trace_btn],
+                queue=False)  # fmt: skip
+    return ChatTab(trace_btn, last_id)

@@ -14,12 +14,15 @@ from typing import Any
 
 import gradio as gr
 
-from aib.webui.chat import DEFAULT_MAX_TOKENS, meta_text, session_key
+from aib.webui.chat import DEFAULT_MAX_TOKENS, meta_text, secs, session_key
 from aib.webui.context import WARN, UIContext
 from aib.webui.gateway import Cancel, ChatStream, build_messages
+from aib.webui.shaping import DASH, markdown_table
 
 MAX_MODELS = 6
 REDRAW_EVERY_S = 0.1
+FIGURES = ["first token", "total", "tokens/s"]
+SLOT = 5  # outputs per column: visible, heading, figures, body, meta
 
 
 @dataclass
@@ -29,11 +32,24 @@ class Column:
     done: bool = False
     thread: threading.Thread | None = field(default=None, repr=False)
 
+    def figures(self) -> list[str]:
+        """First token, total time and tokens/s (dashes until known): one row, the same in every column."""
+        m = self.stream.meta
+        rate = m.tokens_per_s if self.done else None
+        return [
+            secs(m.ttft_s),
+            secs(m.total_s) if self.done else DASH,
+            DASH if rate is None else f"{rate:.1f}",
+        ]
+
     def stats(self) -> str:
+        """The figures as a one-row table (aligned across columns: it sits right under the heading)."""
+        return markdown_table(FIGURES, [self.figures()])
+
+    def meta(self) -> str:
         m = self.stream.meta
         if not self.done:
-            first = f"first token {m.ttft_s:.2f} s · " if m.ttft_s is not None else ""
-            return f"{first}streaming…" if m.ttft_s is not None else "waiting for the first token…"
+            return "streaming…" if m.ttft_s is not None else "waiting for the first token…"
         if m.error:
             return f"failed after {m.total_s or 0:.2f} s"
         return meta_text(m)
@@ -57,14 +73,14 @@ def _run(col: Column, wake: threading.Condition) -> None:
 
 
 def _view(columns: list[Column], status: str) -> list[Any]:
-    """Updates for every output: per slot (column visible, header, body, stats), then the status."""
+    """Updates for every output: per slot (column visible, heading, figures, body, meta), then the status."""
     out: list[Any] = []
     for i in range(MAX_MODELS):
         if i < len(columns):
             c = columns[i]
-            out += [gr.update(visible=True), f"### {c.model}", c.body(), c.stats()]
+            out += [gr.update(visible=True), f"### {c.model}", c.stats(), c.body(), c.meta()]
         else:
-            out += [gr.update(visible=False), "", "", ""]
+            out += [gr.update(visible=False), "", "", "", ""]
     return [*out, status]
 
 
@@ -174,9 +190,10 @@ def build(ctx: UIContext, models_dropdowns: list[gr.Dropdown]) -> None:
                 visible=False, min_width=300, variant="panel", elem_classes=["compare-col"]
             ) as col:
                 header = gr.Markdown(elem_id=f"compare-head-{i}")
+                stats = gr.Markdown(elem_id=f"compare-stats-{i}", elem_classes=["compare-figures"])
                 body = gr.Markdown(elem_id=f"compare-body-{i}", max_height=420)
-                stats = gr.Markdown(elem_id=f"compare-stats-{i}", elem_classes=["aib-meta"])
-            slots += [col, header, body, stats]
+                meta = gr.Markdown(elem_id=f"compare-meta-{i}", elem_classes=["aib-meta"])
+            slots += [col, header, stats, body, meta]
 
     def _run(
         prompt: str,

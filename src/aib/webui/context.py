@@ -16,6 +16,10 @@ from aib.webui.gateway import Cancel, GatewayClient
 
 T = TypeVar("T")
 WARN = "⚠"  # in the fonts every system has (emoji fonts are not a given)
+LOG_OFF = (
+    "The request log is off, so there is nothing to show: run the gateway without AIB_REQUEST_LOG=off "
+    "(it writes var/requests.db by default) and start the UI with `aib ui --db var/requests.db`."
+)
 MAX_RUNNING = 256  # streams that can be stopped at once (older entries are forgotten)
 
 
@@ -68,7 +72,7 @@ class UIContext:
     def read_log(self, fn: Callable[[RequestLogReader], T]) -> T:
         """Run ``fn`` on a read-only reader of the request log; problems become :class:`LogProblem`."""
         if self.request_log is None:
-            raise LogProblem("The request log is off (AIB_REQUEST_LOG=off), so there is nothing to show.")
+            raise LogProblem(LOG_OFF)
         try:
             reader = RequestLogReader(self.request_log)
         except RequestLogMissing as exc:

@@ -283,8 +283,13 @@ class GatewayClient:
 
     def models(self) -> list[str]:
         """Every name the gateway lists on ``/v1/models``, in its order."""
+        return [m for m, _ in self.catalog()]
+
+    def catalog(self) -> list[tuple[str, str]]:
+        """(name, ``owned_by``) of every model on ``/v1/models``, in its order: the gateway names the
+        provider of a single-provider model there ("aib:group" for several)."""
         try:
-            return [m.id for m in self.client.models.list().data]
+            return [(m.id, str(m.owned_by or "")) for m in self.client.models.list().data]
         except Exception as exc:
             raise GatewayProblem(explain(exc, self.url)) from None
 

@@ -81,27 +81,37 @@ def health_view(report: Mapping[str, Any], now: float | None = None) -> tuple[st
     return line + (" · " + " · ".join(extras) if extras else ""), rows
 
 
-def refresh(ctx: UIContext) -> tuple[str, str]:
-    """(summary line, providers table) as Markdown."""
-    try:
-        report = ctx.gateway.health()
-    except GatewayProblem as exc:
-        return f"{WARN} {exc}", ""
+def render(report: Mapping[str, Any] | GatewayProblem) -> tuple[str, str]:
+    """(summary line, providers table) as Markdown, from a report or the problem reading it."""
+    if isinstance(report, GatewayProblem):
+        return f"{WARN} {report}", ""
     line, rows = health_view(report)
     return line, markdown_table(HEADERS, rows) or "No providers are configured."
 
 
+def fetch(ctx: UIContext) -> dict[str, Any] | GatewayProblem:
+    try:
+        return ctx.gateway.health()
+    except GatewayProblem as exc:
+        return exc
+
+
+def refresh(ctx: UIContext) -> tuple[str, str]:
+    """(summary line, providers table) as Markdown."""
+    return render(fetch(ctx))
+
+
 def build(ctx: UIContext) -> tuple[Any, list[Any], list[Any]]:
+    """The tab; its refresh also runs on the page's timer (every ``AUTO_REFRESH_S``, with the
+    header's gateway line: :mod:`aib.webui.app`)."""
     with gr.Row():
         line = gr.Markdown(elem_id="health-summary")
         go = gr.Button("Refresh", scale=0, min_width=120, elem_id="health-refresh")
     table = gr.Markdown(elem_id="health-table")
     gr.Markdown(f"*Refreshes every {AUTO_REFRESH_S:g} s while the page is open.*")
-    timer = gr.Timer(AUTO_REFRESH_S)
 
     def _refresh() -> tuple[str, str]:
         return refresh(ctx)
 
-    for trigger in (go.click, timer.tick):
-        trigger(_refresh, None, [line, table], show_progress="hidden")
+    go.click(_refresh, None, [line, table], show_progress="hidden")
     return _refresh, [], [line, table]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -22,14 +23,37 @@ from aib.webui.shaping import DASH
 SCAN_ROWS = 5_000
 SHOW_ROWS = 200
 BODY_CHARS = 4_000
+ERROR_CHARS = 50  # of an error in the table (what fits at 1400 px); the trace shows all of it
+ID_CHARS = 12  # the table shows …<the last 12 characters> of an id, like `aib logs`
 STATUSES = (("Any status", "any"), ("OK", "ok"), ("Errors", "error"), ("4xx", "4xx"), ("5xx", "5xx"))
-HEADERS = ["time", "request id", "model", "provider / upstream", "status", "stream", "TTFT ms", "total ms",
-           "tokens in/out", "fallbacks", "error"]  # fmt: skip
+ALL_KEYS = "All keys"
+# short headers: with the widths below, every header and cell stays on one line at 1400 px
+HEADERS = ["time", "request id", "model", "served by", "status", "stream", "TTFT ms", "total ms", "tokens",
+           "fallbacks", "error"]  # fmt: skip
+WIDTHS: list[str | int] = ["124px", "132px", "130px", "146px", "66px", "72px", "86px", "86px", "72px", "94px",
+                          "320px"]  # fmt: skip
+TABLE_ROWS = 14  # rows the table shows before it scrolls
+TABLE_HEIGHT = 40 + 36 * TABLE_ROWS  # px: the header row and 36 px a row
 SEARCHED = ("request_id", "model", "route", "provider", "upstream", "error", "error_code", "status")
 
 
 def _clock(ts: float | None) -> str:
     return DASH if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _short_clock(ts: float | None) -> str:
+    return DASH if ts is None else time.strftime("%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def short_id(request_id: str) -> str:
+    """``…`` and the id's last ``ID_CHARS`` characters (a trace opens from a unique suffix too)."""
+    return request_id if len(request_id) <= ID_CHARS + 1 else "…" + request_id[-ID_CHARS:]
+
+
+def clip(text: str, n: int) -> str:
+    """``text`` on one line, cut to ``n`` characters with an ellipsis."""
+    one = " ".join(text.split())
+    return one if len(one) <= n else one[: n - 1].rstrip() + "…"
 
 
 def _ms(v: float | None) -> str:
@@ -49,11 +73,10 @@ def table_rows(rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
             f"{r.get('prompt_tokens') or 0}/{r.get('completion_tokens') or 0}"
         )  # fmt: skip
         where = f"{r['provider']}/{r['upstream']}" if r.get("provider") else DASH
-        error = r.get("error") or ""
         out.append([
-            _clock(r.get("ts")), r["request_id"], r["model"], where, r["status"] or DASH,
+            _short_clock(r.get("ts")), short_id(r["request_id"]), r["model"], where, r["status"] or DASH,
             "yes" if r.get("stream") else "", _ms(r.get("ttfb_ms")), _ms(r.get("total_ms")), tokens,
-            r.get("fallbacks") or 0, error[:160] + ("…" if len(error) > 160 else ""),
+            r.get("fallbacks") or 0, clip(r.get("error") or "", ERROR_CHARS),
         ])  # fmt: skip
     return out
 
@@ -63,10 +86,12 @@ def trace_markdown(t: Mapping[str, Any] | None, wanted: str = "") -> str:
     if t is None:
         return f"No request with id {wanted!r} in the request log (a unique prefix of 6+ characters works)."
     verdict = "failed" if shaping.is_error(t) else "ok"
+    who = f" · key **{t['key_name']}**" if t.get("key_name") else ""
     lines = [
         f"### Request `{t['request_id']}` · {verdict} ({t['status'] or 'no status'})",
         f"{_clock(t['ts'])} · `{t['endpoint']}` · model **{t['model']}** · "
         f"{'streamed' if t.get('stream') else 'not streamed'}"
+        + who
         + (" · the client went away" if t.get("client_disconnected") else ""),
         "",
         "**Route decision**: "
@@ -125,17 +150,24 @@ def _longest_backtick_run(text: str) -> int:
 
 
 def search(
-    ctx: UIContext, text: str | None, model: str | None, status: str | None, range_key: str | None
-) -> tuple[list[list[Any]], str, list[str]]:
-    """(table rows, a line saying what is shown, the request ids of the rows in order)."""
+    ctx: UIContext,
+    text: str | None,
+    model: str | None,
+    status: str | None,
+    range_key: str | None,
+    key: str | None = None,
+) -> tuple[list[list[Any]], str, list[str], list[str]]:
+    """(table rows, a line saying what is shown, the request ids of the rows in order, the key names
+    seen in the range)."""
     since = shaping.since_for(range_key or "24h")
     only = model.strip() if model and model.strip() else None
     st = None if not status or status == "any" else status
+    key_name = None if not key or key == ALL_KEYS else key
 
-    def read(r: RequestLogReader) -> list[dict[str, Any]]:
-        return r.query(model=only, status=st, since=since, limit=SCAN_ROWS)
+    def read(r: RequestLogReader) -> tuple[list[dict[str, Any]], list[str]]:
+        return r.query(model=only, status=st, since=since, key=key_name, limit=SCAN_ROWS), r.key_names(since)
 
-    rows = ctx.read_log(read)
+    rows, keys = ctx.read_log(read)
     words = (text or "").strip()
     hits = [r for r in rows if matches(r, words)] if words else rows
     shown = hits[:SHOW_ROWS]
@@ -145,8 +177,8 @@ def search(
     )
     note += f"; showing the newest {len(shown)}." if len(hits) > len(shown) else "."
     if hits:
-        note += " Click a row to see its trace."
-    return table_rows(shown), note, [r["request_id"] for r in shown]
+        note += " Click a row to see its trace (with the whole error)."
+    return table_rows(shown), note, [r["request_id"] for r in shown], keys
 
 
 def open_trace(ctx: UIContext, request_id: str | None) -> str:
@@ -159,41 +191,64 @@ def open_trace(ctx: UIContext, request_id: str | None) -> str:
         return f"{WARN} {exc}"
 
 
-def build(ctx: UIContext) -> tuple[Any, list[Any], list[Any]]:
+@dataclass
+class HistoryTab:
+    """What the page needs of the tab: its search (for the tab's selection) and the trace view (for
+    "Open trace" in Chat)."""
+
+    search: Callable[..., Any]
+    inputs: list[Any]
+    outputs: list[Any]
+    wanted: gr.Textbox
+    trace: gr.Markdown
+
+
+def build(ctx: UIContext) -> HistoryTab:
     ids = gr.State([])
     with gr.Row():
         text = gr.Textbox(label="Search", placeholder="request id, model, provider, error text…", scale=3,
                           elem_id="history-search")  # fmt: skip
         model = gr.Textbox(label="Model (exact)", scale=1)
         status = gr.Dropdown(choices=list(STATUSES), value="any", label="Status", scale=1)
+        key = gr.Dropdown(
+            choices=[ALL_KEYS], value=ALL_KEYS, label="Client key", scale=1, elem_id="history-key"
+        )
         span = gr.Dropdown(choices=list(shaping.TIME_RANGES), value="24h", label="Time range", scale=1)
         go = gr.Button("Search", variant="primary", scale=1, elem_id="history-go")
     note = gr.Markdown(elem_id="history-note")
     table = gr.Dataframe(
-        headers=HEADERS, interactive=False, max_height=380, elem_id="history-table", wrap=True
-    )
+        headers=HEADERS, interactive=False, max_height=TABLE_HEIGHT, elem_id="history-table", wrap=False,
+        column_widths=WIDTHS,
+    )  # fmt: skip
     with gr.Row():
         wanted = gr.Textbox(label="Request id", scale=4, elem_id="history-id")
         show = gr.Button("Open trace", scale=1, elem_id="history-open")
     trace = gr.Markdown(elem_id="history-trace")
 
     def _search(*args: Any) -> tuple[Any, ...]:
+        chosen = args[4]
         try:
-            rows, line, row_ids = search(ctx, *args)
+            rows, line, row_ids, keys = search(ctx, *args)
         except (LogProblem, ValueError) as exc:
-            return [], f"{WARN} {exc}", []
-        return rows, line, row_ids
+            return [], f"{WARN} {exc}", [], gr.skip()
+        choices = [ALL_KEYS, *keys]
+        return (
+            rows,
+            line,
+            row_ids,
+            gr.update(choices=choices, value=chosen if chosen in choices else ALL_KEYS),
+        )
 
     def _select(row_ids: list[str], evt: gr.SelectData) -> tuple[str, str]:
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
         rid = row_ids[row] if isinstance(row, int) and 0 <= row < len(row_ids) else ""
         return rid, open_trace(ctx, rid)
 
-    inputs = [text, model, status, span]
-    outputs = [table, note, ids]
-    for trigger in (go.click, text.submit, model.submit, status.change, span.change):
+    inputs = [text, model, status, span, key]
+    outputs = [table, note, ids, key]
+    for trigger in (go.click, text.submit, model.submit, status.change, span.change, key.input):
         trigger(_search, inputs, outputs)
     table.select(_select, ids, [wanted, trace])
     for trigger in (show.click, wanted.submit):
         trigger(lambda rid: open_trace(ctx, rid), wanted, trace)
-    return _search, inputs, outputs
+    return HistoryTab(_search, inputs, outputs, wanted, trace)

@@ -100,12 +100,13 @@ def tokens_over_time(series: Series) -> Figure:
     fig, ax = _figure(f"Tokens per {_width_text(series.bucket_s)}")
     if series.empty:
         return _empty(fig, ax)
-    if not any(series.prompt_tokens) and not any(series.completion_tokens):
+    if all(v is None for v in (*series.prompt_tokens, *series.completion_tokens)):
         return _empty(fig, ax, "no token counts (the providers reported no usage)")
     xs = _time_axis(ax, series)
     w = _bar_width_days(series)
-    ax.bar(xs, series.prompt_tokens, w, label="prompt", color=COLORS[4], align="edge")
-    ax.bar(xs, series.completion_tokens, w, bottom=series.prompt_tokens, label="completion",
+    prompt = [v or 0 for v in series.prompt_tokens]  # a bucket without counts draws no bar
+    ax.bar(xs, prompt, w, label="prompt", color=COLORS[4], align="edge")
+    ax.bar(xs, [v or 0 for v in series.completion_tokens], w, bottom=prompt, label="completion",
            color=COLORS[2], align="edge")  # fmt: skip
     ax.legend(fontsize=8, loc="upper left", frameon=False)
     return fig
