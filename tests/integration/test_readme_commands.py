@@ -265,6 +265,10 @@ def run_backups(ctx: Ctx) -> None:
     ok(sh(f"aib backups -c {ctx.config_copy}"))
 
 
+def run_cache_stats(ctx: Ctx) -> None:
+    ok(sh(f"aib cache stats -g {ctx.url}"), "backend: memory", "entries: ")
+
+
 KEYS_CREATE = "aib keys create alice --models 'llama3,ollama/*' --rpm 60 --tpm 100000 --budget-day 2000000"
 
 
@@ -336,6 +340,9 @@ RUNS: dict[str, Callable[[Ctx], None]] = {
     "make lint": make_dry("lint", "mypy"),
     "make generate": make_dry("generate", "aib generate"),
     "make litellm": make_dry("litellm", ""),
+    "aib cache stats": run_cache_stats,
+    "make llama-server": make_dry("llama-server", "aib.devtools.llama_server_build"),
+    "make test-vllm": make_dry("test-vllm", "scripts/vllm-setup.sh"),
 }
 
 
