@@ -436,16 +436,19 @@ def test_every_door_asks_for_the_same_keys_in_its_own_error_shape(
         good.messages.create(model="secret-model", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
     assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
     # Ollama: a bearer header; errors as {"error": "..."}
-    with pytest.raises(ollama.ResponseError) as oexc:
-        ollama.Client(host=gw.base_url, timeout=10).list()
+    with (
+        pytest.raises(ollama.ResponseError) as oexc,
+        ollama.Client(host=gw.base_url, timeout=10) as anonymous,
+    ):
+        anonymous.list()
     assert oexc.value.status_code == 401 and "Missing API key" in oexc.value.error
-    oc = ollama.Client(host=gw.base_url, timeout=10, headers={"authorization": f"Bearer {secret}"})
-    assert [m.model for m in oc.list().models] == ["m-one", "one"]  # its models (and their aliases) only
-    up.enqueue(Reply.chat("Hi from Ollama's door."))
-    assert (
-        oc.chat(model="m-one", messages=[{"role": "user", "content": "hi"}]).message.content
-        == "Hi from Ollama's door."
-    )
+    with ollama.Client(host=gw.base_url, timeout=10, headers={"authorization": f"Bearer {secret}"}) as oc:
+        assert [m.model for m in oc.list().models] == ["m-one", "one"]  # its models (and their aliases) only
+        up.enqueue(Reply.chat("Hi from Ollama's door."))
+        assert (
+            oc.chat(model="m-one", messages=[{"role": "user", "content": "hi"}]).message.content
+            == "Hi from Ollama's door."
+        )
     # OpenAI Responses: the same key, the rate headers too
     up.enqueue(Reply.chat("Hi from Responses."))
     raw = client(gw, secret).responses.with_raw_response.create(model="m-one", input="hi")
