@@ -1,5 +1,5 @@
 # ai-backend-unified: developer and CI entry points.
-#   make run       the gateway on :4000: installs only what the gateway needs (about 30 s on a fresh machine)
+#   make run       the gateway on :4000: installs only what the gateway needs (about 40 s on a fresh machine)
 #   make demo      two llama.cpp servers + the gateway + the UI: adds the llamacpp and ui extras
 #                  (llama-cpp-python compiles once, ~8 min on 2 cores; pip caches the wheel)
 #   make test      the whole suite with coverage (>= 90 %): every extra, Debian packages, LiteLLM, the model
