@@ -33,9 +33,12 @@ pytestmark = pytest.mark.integration
 
 
 def mappings(url: str, prefix: str) -> str:
+    # a 2 s time limit per Redis call (0.25 s by default): these tests are about what replicas share;
+    # on a busy machine Redis can miss 0.25 s, and on_redis_error: allow then serves requests
+    # unchecked, by design (test_redis_faults.py tests that side)
     return f"""
     auth: {{mode: keys, store: redis, reserve_tokens: 10}}
-    redis: {{url: "{url}", key_prefix: "{prefix}"}}
+    redis: {{url: "{url}", key_prefix: "{prefix}", timeout_s: 2}}
     cache: {{backend: redis}}
     models:
       m: {{provider: up, cache: {{enabled: true}}}}
@@ -134,6 +137,7 @@ def test_a_request_rate_holds_across_replicas_exactly(pair: tuple[Any, Any, Redi
         results = list(pool.map(lambda i: chat((a, b)[i % 2], secret, model="slow"), range(24)))
     assert time.monotonic() - t0 < 5.0  # else a refill could let an 11th through
     codes = [r.status_code for r in results]
+    assert not a.gateway.link.errors and not b.gateway.link.errors  # every admission asked Redis
     assert codes.count(200) == 10 and codes.count(429) == 14, codes
     refused = next(r for r in results if r.status_code == 429)
     assert refused.json()["error"]["code"] == "requests_per_minute"
