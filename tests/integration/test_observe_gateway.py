@@ -304,7 +304,8 @@ def test_a_locked_request_log_never_fails_a_request(
         )
         assert client.post("/v1/chat/completions", json={"model": "m1", "messages": CHAT}).status_code == 200
         assert handle.request_log is not None and handle.request_log.flush()
-        holder = sqlite3.connect(db, isolation_level=None, timeout=0)
+        # the writer may still be finishing its own transaction (a busy machine): wait for it, up to 10 s
+        holder = sqlite3.connect(db, isolation_level=None, timeout=10)
         holder.execute("BEGIN EXCLUSIVE")
         try:
             for _ in range(20):
